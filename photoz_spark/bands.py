@@ -1,0 +1,137 @@
+"""Bands, catalogs and band sets, loaded from ``conf/bands.yaml`` (the one place they live)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from photoz_spark import CONF_DIR
+
+BANDS_FILE = CONF_DIR / "bands.yaml"
+ERR_KINDS = ("ivar", "sigma")
+
+
+@dataclass(frozen=True)
+class Band:
+    """One photometric band and where its flux lives in its survey's native catalog."""
+
+    name: str          # project-wide key, e.g. "sdss_u"
+    survey: str        # galex, sdss, desi, wise, lsst
+    band: str          # the survey's own band label, e.g. "u", "W1"
+    filter: str        # speclite filter name
+    lambda_eff: float  # Angstrom
+    catalog: str       # native catalog holding the columns
+    flux: str          # flux column
+    err: str           # uncertainty column
+    err_kind: str      # "ivar" (inverse variance) or "sigma" (1-sigma error)
+    unit: str          # flux unit, a key of Registry.units
+    vega_to_ab: float = 0.0  # m_AB - m_Vega (WISE only)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A native catalog: its key column and coordinate columns."""
+
+    name: str
+    id: str
+    ra: str
+    dec: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BandSet:
+    """A named, wavelength-ordered tuple of bands: the steps of a feature sequence."""
+
+    name: str
+    bands: tuple[Band, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [b.name for b in self.bands]
+
+    def __len__(self) -> int:
+        return len(self.bands)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Everything in ``bands.yaml``: bands in sequence order, catalogs, band sets, units."""
+
+    bands: dict[str, Band]
+    catalogs: dict[str, Catalog]
+    band_sets: dict[str, tuple[str, ...]]
+    units: dict[str, float]  # unit name -> Jy
+
+    def band(self, name: str) -> Band:
+        if name not in self.bands:
+            raise ValueError(f"unknown band {name!r}; known bands: {', '.join(self.bands)}")
+        return self.bands[name]
+
+    def band_set(self, name_or_bands: str | list[str]) -> BandSet:
+        """A named band set, or an ad-hoc list of band names, in sequence order.
+
+        Args:
+            name_or_bands: a band-set name from ``bands.yaml`` or a list of band names.
+        Returns:
+            The BandSet, its bands sorted into the wavelength order of ``bands.yaml``.
+        """
+        if isinstance(name_or_bands, str):
+            if name_or_bands not in self.band_sets:
+                raise ValueError(
+                    f"unknown band set {name_or_bands!r}; known band sets: {', '.join(self.band_sets)}"
+                )
+            name, members = name_or_bands, list(self.band_sets[name_or_bands])
+        else:
+            name, members = "custom", list(name_or_bands)
+        bands = [self.band(m) for m in members]
+        if len(set(members)) != len(members):
+            raise ValueError(f"band set {name!r} lists a band twice: {members}")
+        position = {b: i for i, b in enumerate(self.bands)}
+        return BandSet(name, tuple(sorted(bands, key=lambda b: position[b.name])))
+
+    def catalog_bands(self, catalog: str) -> list[Band]:
+        """The bands whose columns live in a native catalog, in sequence order."""
+        if catalog not in self.catalogs:
+            raise ValueError(f"unknown catalog {catalog!r}; known catalogs: {', '.join(self.catalogs)}")
+        return [b for b in self.bands.values() if b.catalog == catalog]
+
+    def to_jy(self, unit: str) -> float:
+        if unit not in self.units:
+            raise ValueError(f"unknown flux unit {unit!r}; known units: {', '.join(self.units)}")
+        return self.units[unit]
+
+
+def _parse(raw: dict) -> Registry:
+    units = {k: float(v) for k, v in raw["units"].items()}
+    catalogs = {k: Catalog(name=k, **v) for k, v in raw["catalogs"].items()}
+    bands = {}
+    for name, spec in raw["bands"].items():
+        band = Band(name=name, **spec)
+        if band.err_kind not in ERR_KINDS:
+            raise ValueError(f"band {name}: err_kind {band.err_kind!r} must be one of {ERR_KINDS}")
+        if band.catalog not in catalogs:
+            raise ValueError(f"band {name}: catalog {band.catalog!r} is not under 'catalogs'")
+        if band.unit not in units:
+            raise ValueError(f"band {name}: unit {band.unit!r} is not under 'units'")
+        bands[name] = band
+    order = list(raw["order"])
+    if sorted(order) != sorted(bands):
+        missing = set(bands) ^ set(order)
+        raise ValueError(f"'order' must list every band exactly once; mismatched: {sorted(missing)}")
+    ordered = {name: bands[name] for name in order}
+    sets = {k: tuple(v) for k, v in raw["band_sets"].items()}
+    registry = Registry(bands=ordered, catalogs=catalogs, band_sets=sets, units=units)
+    for name in sets:
+        registry.band_set(name)  # validates membership
+    return registry
+
+
+@lru_cache(maxsize=4)
+def load_bands(path: str | Path = BANDS_FILE) -> Registry:
+    """Load and validate a bands file (default ``conf/bands.yaml``)."""
+    with open(path) as fh:
+        return _parse(yaml.safe_load(fh))

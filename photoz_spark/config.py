@@ -1,0 +1,112 @@
+"""Layered YAML configuration: ``conf/pipeline.yaml`` < the job's own file < ``--conf`` < key=value.
+
+Only keys that exist in the defaults may be set; values are coerced to the default's type,
+so a typo or a wrong type is refused with a one-line message instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from photoz_spark import CONF_DIR, PROJECT_DIR
+
+
+class ConfigError(ValueError):
+    """A configuration value or key the project does not accept."""
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys to values")
+    return data
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    # bool is a subclass of int in Python: keep true/false and numbers strictly apart.
+    if isinstance(default, bool) != isinstance(value, bool) and default is not None:
+        raise ConfigError(f"{key}: expected {'true/false' if isinstance(default, bool) else type(default).__name__}, "
+                          f"got {value!r}")
+    if default is None or isinstance(value, type(default)):
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, str) and isinstance(value, (int, float)):
+        return str(value)
+    raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}")
+
+
+def merge(base: dict, overlay: dict, prefix: str = "") -> dict:
+    """Overlay ``overlay`` onto a copy of ``base``, refusing keys that ``base`` lacks."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        dotted = f"{prefix}{key}"
+        if key not in out:
+            allowed = ", ".join(f"{prefix}{k}" for k in out)
+            raise ConfigError(f"unknown config key {dotted!r}; allowed here: {allowed}")
+        if isinstance(out[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: expected a mapping, got {value!r}")
+            out[key] = merge(out[key], value, prefix=f"{dotted}.")
+        else:
+            out[key] = _coerce(dotted, value, out[key])
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``a.b=value`` -> ``{"a": {"b": value}}``, the value parsed as YAML (so 3, 0.5, true, [a,b])."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. sim.n_quasars=1000)")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node: dict = {}
+    cursor = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor[part] = {}
+        cursor = cursor[part]
+    cursor[parts[-1]] = value
+    return node
+
+
+def load_config(job_defaults: str | None = None, conf_file: str | None = None,
+                overrides: list[str] | tuple = ()) -> dict:
+    """Build a job's configuration.
+
+    Args:
+        job_defaults: the job's own defaults file name under ``conf/`` (e.g. "simulate.yaml").
+        conf_file: a user file overlaid on the defaults (``--conf``).
+        overrides: ``key=value`` strings applied last.
+    Returns:
+        The merged configuration as a nested dict.
+    """
+    config = read_yaml(CONF_DIR / "pipeline.yaml")
+    if job_defaults:
+        config = {**config, **read_yaml(CONF_DIR / job_defaults)}
+    if conf_file:
+        config = merge(config, read_yaml(conf_file))
+    for text in overrides:
+        config = merge(config, parse_override(text))
+    return config
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A relative path means the current directory's, unless only the project has it (conf/...)."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (PROJECT_DIR / path).exists():
+        return (PROJECT_DIR / path).resolve()
+    return path.resolve()
+
+
+def require(condition: bool, message: str) -> None:
+    """Refuse an out-of-range setting with a message that says what is allowed."""
+    if not condition:
+        raise ConfigError(message)

@@ -1,0 +1,479 @@
+"""HATS-like HEALPix-partitioned Parquet catalogs, the layout that LSDB and ``hats`` read.
+
+A catalog written here looks like this::
+
+    <catalog>/properties                       key=value metadata (obs_collection, hats_nrows, ...)
+    <catalog>/partition_info.csv               Norder,Npix of every data file
+    <catalog>/dataset/_common_metadata         the Parquet schema
+    <catalog>/dataset/_metadata                the schema plus every file's row groups
+    <catalog>/dataset/Norder=k/Dir=d/Npix=n.parquet
+
+All data files use one HEALPix order k (no adaptive splitting), ``Dir = (n // 10000) * 10000``,
+and every file has an int64 ``_healpix_29`` column (nested index at order 29) by which its rows
+are sorted. A pixel's rows are always in exactly one file.
+
+Writes are all-or-nothing: files go to a hidden staging folder beside the target, which is
+renamed into place only once complete, replacing any earlier catalog there. The target's
+filesystem must be visible to the driver and to every executor (local disk for ``local[*]``,
+a shared filesystem on a cluster).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import healpy as hp
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from photoz_spark import __version__
+
+HEALPIX_COLUMN = "_healpix_29"
+HEALPIX_ORDER = 29
+PROPERTIES_FILE = "properties"
+PARTITION_INFO_FILE = "partition_info.csv"
+DATASET_DIR = "dataset"
+COLUMNS_KEY = "photoz_columns"
+_COUNTS_SCHEMA = pa.schema([("Npix", pa.int64()), ("n_rows", pa.int64())])
+_COUNTS_DDL = "Npix long, n_rows long"  # the same, as Spark wants it
+
+
+# --- HEALPix indices -------------------------------------------------------------------------
+
+def healpix29(ra_deg, dec_deg) -> np.ndarray:
+    """Nested HEALPix index at order 29 of sky positions.
+
+    Args:
+        ra_deg: right ascension in degrees (any range; it wraps).
+        dec_deg: declination in degrees, within [-90, 90].
+
+    Returns:
+        int64 array of order-29 nested pixel indices.
+
+    Raises:
+        ValueError: for a non-finite coordinate (healpy would return a plausible garbage index).
+    """
+    ra = np.asarray(ra_deg, dtype=np.float64)
+    dec = np.asarray(dec_deg, dtype=np.float64)
+    if not (np.all(np.isfinite(ra)) and np.all(np.isfinite(dec))):
+        raise ValueError("healpix29: RA and Dec must all be finite")
+    return np.asarray(hp.ang2pix(2**HEALPIX_ORDER, ra, dec, nest=True, lonlat=True), dtype=np.int64)
+
+
+def pixel_at_order(h29, order: int):
+    """The nested pixel at a lower order that contains each order-29 pixel.
+
+    Args:
+        h29: order-29 nested indices (int or int64 array).
+        order: the target order, 0..29.
+
+    Returns:
+        The order-``order`` nested indices, same shape as ``h29``.
+    """
+    _check_order(order)
+    # Nested indices share prefixes: dropping two bits per order walks up the pixel tree.
+    return np.asarray(h29, dtype=np.int64) >> (2 * (HEALPIX_ORDER - order))
+
+
+def _check_order(order: int) -> None:
+    if not isinstance(order, (int, np.integer)) or not 0 <= order <= HEALPIX_ORDER:
+        raise ValueError(f"HEALPix order must be an integer in 0..{HEALPIX_ORDER}, got {order!r}")
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+def pixel_relpath(order: int, npix: int) -> str:
+    """A data file's path relative to ``<catalog>/dataset``.
+
+    Args:
+        order: HEALPix order of the partition.
+        npix: nested pixel index at that order.
+
+    Returns:
+        ``Norder=k/Dir=d/Npix=n.parquet``.
+    """
+    return f"Norder={order}/Dir={(npix // 10_000) * 10_000}/Npix={npix}.parquet"
+
+
+class _PixelFileWriter:
+    """Writes batches sorted by ``_healpix_29`` into one Parquet file per pixel.
+
+    Rows arrive in index order, so each pixel is one contiguous run: a file is opened when the
+    run starts and closed when it ends, and memory stays at one batch whatever the data size.
+    """
+
+    def __init__(self, dataset_dir: str | Path, order: int):
+        self.dataset_dir = Path(dataset_dir)
+        self.order = order
+        self.counts: dict[int, int] = {}
+        self._npix: int | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: Path | None = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Append a batch, splitting it at pixel boundaries."""
+        npix = self._pixels(batch)
+        bounds = [0, *(np.flatnonzero(np.diff(npix)) + 1), len(npix)]
+        for lo, hi in itertools.pairwise(bounds):
+            if hi > lo:
+                self._switch_to(int(npix[lo]), batch.schema)
+                self._writer.write_batch(batch.slice(lo, hi - lo))
+                self.counts[self._npix] += hi - lo
+
+    def close(self) -> dict[int, int]:
+        """Finish the open file; returns Npix -> rows written."""
+        self._finish()
+        return self.counts
+
+    def _pixels(self, batch: pa.RecordBatch) -> np.ndarray:
+        column = batch.column(HEALPIX_COLUMN)
+        if column.null_count:
+            raise ValueError(f"{HEALPIX_COLUMN} has null values")
+        h29 = column.to_numpy()
+        if len(h29) and h29.min() < 0:
+            raise ValueError(f"{HEALPIX_COLUMN} has negative values")
+        return pixel_at_order(h29, self.order)
+
+    def _switch_to(self, npix: int, schema: pa.Schema) -> None:
+        if npix == self._npix:
+            return
+        self._finish()
+        if npix in self.counts:
+            raise ValueError(f"rows of pixel {npix} are not contiguous: input is not sorted by {HEALPIX_COLUMN}")
+        final = self.dataset_dir / pixel_relpath(self.order, npix)
+        # Only the Dir= level is created here (Norder= comes from the driver): a task still
+        # running after a failed write was cleaned up must not recreate the staging folder.
+        final.parent.mkdir(exist_ok=True)
+        # A hidden temporary name: a retried or killed Spark task never leaves a half file that
+        # readers (which skip dot-files) would see.
+        self._tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        self._writer = pq.ParquetWriter(self._tmp, schema)
+        self._npix, self.counts[npix] = npix, 0
+
+    def _finish(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        os.replace(self._tmp, self.dataset_dir / pixel_relpath(self.order, self._npix))
+        self._writer = self._tmp = None
+
+
+def _write_pixel_files(batches: Iterable[pa.RecordBatch], dataset_dir: str | Path,
+                       order: int) -> dict[int, int]:
+    """Write index-sorted batches as one file per pixel; returns Npix -> rows."""
+    writer = _PixelFileWriter(dataset_dir, order)
+    for batch in batches:
+        writer.write(batch)
+    return writer.close()
+
+
+# --- catalog-level metadata ------------------------------------------------------------------
+
+def _write_parquet_metadata(dataset_dir: Path, order: int, pixels: list[int],
+                            fallback_schema: pa.Schema) -> None:
+    """Write ``_common_metadata`` (schema) and ``_metadata`` (schema + all row groups)."""
+    collected = []
+    for npix in pixels:  # sorted: HATS lists row groups in pixel order
+        meta = pq.read_metadata(dataset_dir / pixel_relpath(order, npix))
+        meta.set_file_path(pixel_relpath(order, npix))
+        collected.append(meta)
+    schema = pq.read_schema(dataset_dir / pixel_relpath(order, pixels[0])) if pixels else fallback_schema
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_metadata(schema, dataset_dir / "_common_metadata")
+    pq.write_metadata(schema, dataset_dir / "_metadata", metadata_collector=collected)
+
+
+def _write_partition_info(catalog_dir: Path, order: int, pixels: list[int]) -> None:
+    lines = ["Norder,Npix", *(f"{order},{npix}" for npix in pixels)]
+    (catalog_dir / PARTITION_INFO_FILE).write_text("\n".join(lines) + "\n")
+
+
+def _dir_size_kib(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) // 1024
+
+
+def _property_value(key: str, value) -> str:
+    if isinstance(value, (list, tuple)):
+        value = " ".join(str(v) for v in value)  # HATS writes lists space-delimited
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"property {key!r}: values must be one line")
+    return text
+
+
+def _properties(catalog_dir: Path, *, catalog_name: str, order: int, ra_col: str, dec_col: str,
+                counts: dict[int, int], columns: list[str], extra: dict | None) -> dict[str, str]:
+    """The ``properties`` key/values, HATS v1.0 names plus ``photoz_columns`` and ``extra``."""
+    n_pixels = 12 * 4**order
+    props = {
+        "obs_collection": catalog_name,
+        "dataproduct_type": "object",
+        "hats_nrows": sum(counts.values()),
+        "hats_col_ra": ra_col,
+        "hats_col_dec": dec_col,
+        "hats_col_healpix": HEALPIX_COLUMN,
+        "hats_col_healpix_order": HEALPIX_ORDER,
+        "hats_npix_suffix": ".parquet",
+        "hats_order": order,
+        "hats_max_rows": max(counts.values(), default=0),
+        "moc_sky_fraction": f"{len(counts) / n_pixels:0.5f}",
+        "hats_builder": f"photoz-spark v{__version__}",
+        "hats_creation_date": datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M%Z"),
+        "hats_estsize": _dir_size_kib(catalog_dir),
+        "hats_release_date": "2025-08-22",
+        "hats_version": "v1.0",
+        COLUMNS_KEY: ",".join(columns),
+    }
+    clash = sorted(set(extra or {}) & set(props))
+    if clash:
+        raise ValueError(f"extra_properties may not set computed properties: {', '.join(clash)}")
+    return {key: _property_value(key, value) for key, value in {**props, **(extra or {})}.items()}
+
+
+def _write_properties(catalog_dir: Path, props: dict[str, str]) -> None:
+    for key in props:
+        if not key or any(c in key for c in " \t=:#!\n"):
+            raise ValueError(f"invalid property key {key!r}")
+    lines = ["#HATS catalog", *(f"{k}={v}" for k, v in props.items())]
+    (catalog_dir / PROPERTIES_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# --- staging and commit ----------------------------------------------------------------------
+
+def _is_catalog(path: Path) -> bool:
+    return (path / PROPERTIES_FILE).is_file() and (path / DATASET_DIR).is_dir()
+
+
+def _check_target(target: Path) -> None:
+    """Refuse to replace something that is not an earlier catalog (or an empty folder)."""
+    if target.exists() and not _is_catalog(target) and not (target.is_dir() and not any(target.iterdir())):
+        raise FileExistsError(f"{target} exists and is not a HATS catalog; refusing to replace it")
+
+
+def _commit(staging: Path, target: Path) -> None:
+    """Put the finished staging folder at ``target``, replacing any earlier catalog."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
+        target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)  # put the earlier catalog back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_columns(columns: list[str], h29_type: str | None, *, ra_col: str, dec_col: str,
+                   order: int) -> None:
+    """Refuse a bad order, missing columns or a ``_healpix_29`` that is not int64, before writing."""
+    _check_order(order)
+    missing = [c for c in (ra_col, dec_col, HEALPIX_COLUMN) if c not in columns]
+    if missing:
+        raise ValueError(
+            f"columns {missing} not found (have: {', '.join(columns)}); "
+            f"add {HEALPIX_COLUMN} with photoz_spark.hats.healpix29(ra, dec)"
+        )
+    if h29_type not in ("int64", "bigint"):
+        raise ValueError(f"{HEALPIX_COLUMN} must be int64 (Spark: bigint), got {h29_type}")
+
+
+def _write_catalog(path, write_pixels: Callable[[Path], dict[int, int]], *, order: int,
+                   ra_col: str, dec_col: str, catalog_name: str, extra_properties: dict | None,
+                   columns: list[str], fallback_schema: pa.Schema) -> dict:
+    """Stage a catalog with ``write_pixels`` and the driver-side metadata, then commit it.
+
+    Args:
+        path: the catalog folder to create or replace.
+        write_pixels: writes the data files under the given dataset folder; returns Npix -> rows.
+        order, ra_col, dec_col, catalog_name, extra_properties: see ``write_hats``.
+        columns: the data files' column names, in order.
+        fallback_schema: the schema to record when there are no rows.
+
+    Returns:
+        Summary dict: path, n_rows, n_partitions, order.
+    """
+    target = Path(path).absolute()
+    _check_target(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the target, so the final rename stays on one filesystem and is atomic.
+    staging = target.with_name(f".{target.name}.staging-{uuid.uuid4().hex}")
+    try:
+        (staging / DATASET_DIR / f"Norder={order}").mkdir(parents=True)
+        counts = write_pixels(staging / DATASET_DIR)
+        pixels = sorted(counts)
+        _write_parquet_metadata(staging / DATASET_DIR, order, pixels, fallback_schema)
+        _write_partition_info(staging, order, pixels)
+        props = _properties(staging, catalog_name=catalog_name, order=order, ra_col=ra_col,
+                            dec_col=dec_col, counts=counts, columns=columns, extra=extra_properties)
+        _write_properties(staging, props)
+        _commit(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"path": str(target), "n_rows": sum(counts.values()), "n_partitions": len(pixels), "order": order}
+
+
+# --- public writers and readers --------------------------------------------------------------
+
+def write_hats_table(table: pa.Table, path, *, order: int, ra_col: str, dec_col: str,
+                     catalog_name: str, extra_properties: dict | None = None) -> dict:
+    """Write an in-memory Arrow table as a HATS catalog (no Spark).
+
+    Args:
+        table: rows with an int64 ``_healpix_29`` column.
+        path: the catalog folder; an earlier catalog there is replaced.
+        order: HEALPix order of the partitions.
+        ra_col: RA column name, recorded as ``hats_col_ra``.
+        dec_col: Dec column name, recorded as ``hats_col_dec``.
+        catalog_name: recorded as ``obs_collection``.
+        extra_properties: more ``properties`` keys (may not override computed ones).
+
+    Returns:
+        Summary dict: path, n_rows, n_partitions, order.
+    """
+    h29_type = str(table.schema.field(HEALPIX_COLUMN).type) if HEALPIX_COLUMN in table.column_names else None
+    _check_columns(table.column_names, h29_type, ra_col=ra_col, dec_col=dec_col, order=order)
+    ordered = table.sort_by(HEALPIX_COLUMN)
+    return _write_catalog(
+        path, lambda dataset_dir: _write_pixel_files(ordered.to_batches(), dataset_dir, order),
+        order=order, ra_col=ra_col, dec_col=dec_col, catalog_name=catalog_name,
+        extra_properties=extra_properties, columns=table.column_names, fallback_schema=table.schema,
+    )
+
+
+def _executor_writer(dataset_dir: str, order: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator]:
+    """The ``mapInArrow`` function: write a partition's pixels, yield (Npix, n_rows) rows."""
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        counts = _write_pixel_files(batches, dataset_dir, order)
+        yield pa.RecordBatch.from_pydict(
+            {"Npix": list(counts), "n_rows": list(counts.values())}, schema=_COUNTS_SCHEMA
+        )
+
+    return write
+
+
+def _spark_pixel_writer(df, order: int) -> Callable[[Path], dict[int, int]]:
+    """Partition ``df`` by pixel and write its files from the executors."""
+    from pyspark.sql import functions as F
+
+    def write_pixels(dataset_dir: Path) -> dict[int, int]:
+        npix = F.shiftright(F.col(HEALPIX_COLUMN), 2 * (HEALPIX_ORDER - order))
+        # Hash-partitioning on the pixel puts all of a pixel's rows in one task; sorting by the
+        # index inside the task makes each pixel one contiguous run (one file, streamed).
+        ordered = df.repartition(npix).sortWithinPartitions(HEALPIX_COLUMN)
+        rows = ordered.mapInArrow(_executor_writer(str(dataset_dir), order), _COUNTS_DDL).collect()
+        counts: dict[int, int] = {}
+        for row in rows:
+            if row.Npix in counts:  # would mean two files for one pixel: never commit that
+                raise RuntimeError(f"pixel {row.Npix} was written by two tasks")
+            counts[row.Npix] = row.n_rows
+        return counts
+
+    return write_pixels
+
+
+def write_hats(df, path, *, order: int, ra_col: str, dec_col: str, catalog_name: str,
+               extra_properties: dict | None = None) -> dict:
+    """Write a Spark DataFrame as a HATS catalog, one file per non-empty pixel, from the executors.
+
+    Args:
+        df: a Spark DataFrame with a long ``_healpix_29`` column.
+        path: the catalog folder; an earlier catalog there is replaced only once the new one is
+            complete, and left untouched if the write fails.
+        order: HEALPix order of the partitions.
+        ra_col: RA column name, recorded as ``hats_col_ra``.
+        dec_col: Dec column name, recorded as ``hats_col_dec``.
+        catalog_name: recorded as ``obs_collection``.
+        extra_properties: more ``properties`` keys (may not override computed ones).
+
+    Returns:
+        Summary dict: path, n_rows, n_partitions, order.
+    """
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    _check_columns(df.columns, dict(df.dtypes).get(HEALPIX_COLUMN), ra_col=ra_col, dec_col=dec_col, order=order)
+    return _write_catalog(
+        path, _spark_pixel_writer(df, order),
+        order=order, ra_col=ra_col, dec_col=dec_col, catalog_name=catalog_name,
+        extra_properties=extra_properties, columns=df.columns, fallback_schema=to_arrow_schema(df.schema),
+    )
+
+
+def read_properties(path) -> dict[str, str]:
+    """Read a catalog's ``properties`` file.
+
+    Args:
+        path: the catalog folder.
+
+    Returns:
+        key -> value, all strings (``hats_nrows`` etc. are left for the caller to convert).
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a HATS catalog.
+    """
+    catalog = _require_catalog(path)
+    props = {}
+    for line in (catalog / PROPERTIES_FILE).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "!")) and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+def read_hats(spark, path):
+    """Read a HATS catalog's data into a Spark DataFrame.
+
+    The ``Norder=``/``Dir=`` folders are not turned into columns (partition discovery is off):
+    the DataFrame has exactly the files' columns, ``_healpix_29`` included, from which the
+    partition pixel is ``pixel_at_order(_healpix_29, hats_order)`` if needed.
+
+    Args:
+        spark: the SparkSession.
+        path: the catalog folder.
+
+    Returns:
+        A DataFrame of all rows.
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a HATS catalog.
+    """
+    catalog = _require_catalog(path)
+    dataset = catalog / DATASET_DIR
+    if int(read_properties(catalog).get("hats_nrows", "1")) == 0:
+        # Spark cannot infer a schema from a folder without data files.
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        schema = from_arrow_schema(pq.read_schema(dataset / "_common_metadata"))
+        return spark.createDataFrame([], schema)
+    return spark.read.option("recursiveFileLookup", "true").parquet(str(dataset))
+
+
+def _require_catalog(path) -> Path:
+    catalog = Path(path)
+    if not _is_catalog(catalog):
+        raise FileNotFoundError(
+            f"{catalog} is not a HATS catalog (expected {catalog / PROPERTIES_FILE} and {catalog / DATASET_DIR}/)"
+        )
+    return catalog
+
+
+def replace_folder(staging, target) -> None:
+    """Move a finished folder (e.g. a catalog written elsewhere) to ``target``, replacing it.
+
+    Jobs that write several catalogs stage them all first and then commit each with this, so a
+    failure before the commits leaves every earlier catalog untouched.
+    """
+    _check_target(Path(target))
+    _commit(Path(staging), Path(target))

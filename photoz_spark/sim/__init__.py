@@ -1,0 +1,1 @@
+"""The built-in simulated multi-survey quasar sky."""

@@ -1,0 +1,314 @@
+"""Simulate one HEALPix pixel of the multi-survey quasar sky.
+
+``simulate_pixel`` is a pure function of (configuration, seed, pixel): a pixel simulated on
+any worker, in any run, gives the same rows, so a sky of any size scales out one pixel per
+task. It returns Arrow tables in the native schemas of the surveys (column names and units
+from ``conf/bands.yaml``) plus a truth table for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import healpy as hp
+import numpy as np
+import pyarrow as pa
+
+from photoz_spark.bands import Registry
+from photoz_spark.hats import healpix29
+from photoz_spark.sim import igm, photometry
+from photoz_spark.sim.photometry import PhotometryGrid
+
+NANOMAGGY_JY = 3.631e-6
+LS_RELEASE = 9010          # DESI Legacy Surveys DR9 south/north release codes are 9010/9011
+GALAXY_KINDS = ("E", "Sbc", "Im")
+GALAXY_MIX = (0.3, 0.45, 0.25)
+DESI_GALAXY_TYPE = {"E": "DEV", "Sbc": "EXP", "Im": "REX"}
+SIMULATED_CATALOGS = ("dr16q", "sdss", "desi_ls", "lsst")
+
+
+@dataclass
+class SkyModel:
+    """Everything a worker needs to simulate a pixel: settings, bands and the photometry grid."""
+
+    sim: dict
+    registry: Registry
+    grid: PhotometryGrid
+
+
+def pixel_rng(seed: int, order: int, pixel: int, stream: int = 0) -> np.random.Generator:
+    """An independent, reproducible random stream for one pixel."""
+    return np.random.default_rng([int(seed), int(order), int(pixel), int(stream)])
+
+
+def pixel_area_deg2(order: int) -> float:
+    return hp.nside2pixarea(2 ** order, degrees=True)
+
+
+def random_positions(rng, order: int, pixel: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points uniform on the sphere inside a nested HEALPix pixel (equal-area sub-pixels)."""
+    shift = 2 * (29 - order)
+    sub = (np.int64(pixel) << shift) + rng.integers(0, 1 << shift, n, dtype=np.int64)
+    ra, dec = hp.pix2ang(2 ** 29, sub, nest=True, lonlat=True)
+    return np.asarray(ra, float), np.asarray(dec, float)
+
+
+def scatter_positions(rng, ra, dec, sigma_arcsec) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian astrometric error on the sky, correct at the poles and across RA = 0/360."""
+    sigma = np.broadcast_to(np.asarray(sigma_arcsec, float), np.shape(ra)) / 3600.0
+    ddec = rng.normal(0.0, 1.0, np.shape(ra)) * sigma
+    dra = rng.normal(0.0, 1.0, np.shape(ra)) * sigma / np.maximum(np.cos(np.radians(dec)), 1e-6)
+    new_dec = dec + ddec
+    over = np.abs(new_dec) > 90.0  # stepped over a pole: reflect and move to the other side
+    new_dec = np.where(over, np.sign(new_dec) * 180.0 - new_dec, new_dec)
+    new_ra = np.mod(ra + dra + np.where(over, 180.0, 0.0), 360.0)
+    return new_ra, new_dec
+
+
+def sample_piecewise(rng, nodes, weights, n: int) -> np.ndarray:
+    """Draws from a piecewise-linear density given at ``nodes``."""
+    fine = np.linspace(nodes[0], nodes[-1], 4001)
+    pdf = np.interp(fine, nodes, weights)
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(fine))])
+    return np.interp(rng.random(n) * cdf[-1], cdf, fine)
+
+
+def sample_counts_mags(rng, lo: float, hi: float, slope: float, n: int) -> np.ndarray:
+    """Magnitudes with dN/dm ~ 10^(slope m) between lo and hi."""
+    a = np.log(10.0) * slope
+    u = rng.random(n)
+    return lo + np.log1p(u * np.expm1(a * (hi - lo))) / a
+
+
+@lru_cache(maxsize=1)
+def _distance_modulus_table():
+    from astropy.cosmology import Planck18
+    z = np.linspace(0.005, 7.0, 1400)
+    return z, Planck18.distmod(z).value
+
+
+def absolute_mag_i(i_mag, z) -> np.ndarray:
+    """M_i(z=0) with a power-law (alpha_nu = -0.5) K-correction, as Richards et al. (2006)."""
+    zt, dm = _distance_modulus_table()
+    return i_mag - np.interp(z, zt, dm) + 1.25 * np.log10(1.0 + z)
+
+
+def mag_to_nmgy(mag) -> np.ndarray:
+    return 10.0 ** (-0.4 * (np.asarray(mag) - 22.5))
+
+
+def _draw_z_and_mag(rng, n: int, q: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Redshifts and i magnitudes, redrawn until M_i is bright enough to be a quasar target."""
+    z = np.empty(n)
+    i_mag = np.empty(n)
+    todo = np.arange(n)
+    for _ in range(100):
+        if todo.size == 0:
+            break
+        z[todo] = sample_piecewise(rng, q["z_nodes"], q["z_weights"], todo.size)
+        i_mag[todo] = sample_counts_mags(rng, q["i_mag_min"], q["i_mag_max"], q["i_count_slope"], todo.size)
+        todo = todo[absolute_mag_i(i_mag[todo], z[todo]) > q["abs_mag_i_faint"]]
+    return z, i_mag
+
+
+def draw_quasars(rng, n: int, q: dict, grid: PhotometryGrid) -> dict:
+    """Physical parameters and noiseless band fluxes (nanomaggies) of n quasars."""
+    z, i_mag = _draw_z_and_mag(rng, n, q)
+    m_i = absolute_mag_i(i_mag, z)
+    tilt = np.clip(rng.normal(0.0, q["tilt_sigma"], n), -1.0, 1.0)
+    reddened = rng.random(n) < q["reddened_fraction"]
+    ebv = np.where(reddened, np.minimum(rng.exponential(q["ebv_mean"], n), 0.5), 0.0)
+    igm_scale = np.clip(np.exp(rng.normal(0.0, q["igm_sigma_ln"], n)), 0.4, 2.0)
+    lls_z = igm.draw_nearest_lls(z, rng, q["lls_incidence_scale"])
+    lls_x = np.where(np.isnan(lls_z), 0.0, (1.0 + np.nan_to_num(lls_z)) / (1.0 + z))
+    log_l = -0.4 * (m_i + 26.0)  # log10 L / L(M_i = -26)
+    line_scale = np.clip(10.0 ** (q["baldwin_slope"] * log_l + rng.normal(0, q["line_scatter_dex"], n)), 0.2, 5)
+    hot = 10.0 ** rng.normal(0.0, q["hot_dust_sigma_dex"], n)
+    warm = 10.0 ** rng.normal(0.0, q["warm_dust_sigma_dex"], n)
+    flux = photometry.quasar_fluxes(grid, z, tilt, ebv, igm_scale, line_scale, hot, warm, lls_x)
+    i_band = grid.band_index("sdss_i")
+    flux *= (mag_to_nmgy(i_mag) / flux[:, i_band])[:, None]
+    # Host galaxy: matters for faint (low-luminosity, low-z) quasars only.
+    m_host = rng.normal(q["host_abs_mag_i"], q["host_abs_mag_sigma"], n)
+    host_ratio = q["host_psf_fraction"] * 10.0 ** (-0.4 * (m_host - m_i))
+    host = photometry.galaxy_fluxes(grid, "Sbc", z)
+    flux += (host_ratio * flux[:, i_band] / host[:, i_band])[:, None] * host
+    return {"z": z, "i_mag": i_mag, "M_i": m_i, "tilt": tilt, "ebv": ebv, "igm_scale": igm_scale,
+                "lls_z": lls_z, "line_scale": line_scale, "hot_dust": hot, "warm_dust": warm,
+                "host_ratio_i": host_ratio, "flux": flux}
+
+
+def draw_field(rng, n_star: int, n_gal: int, f: dict, grid: PhotometryGrid) -> dict:
+    """Unrelated stars and galaxies: kind, redshift and noiseless band fluxes (nanomaggies)."""
+    r_band = grid.band_index("sdss_r")
+    r_star = sample_counts_mags(rng, f["bright_limit"], f["mag_limit"], f["star_count_slope"], n_star)
+    temp = np.exp(rng.uniform(np.log(2800.0), np.log(9000.0), n_star))
+    stars = photometry.star_fluxes(grid, temp)
+    stars *= (mag_to_nmgy(r_star) / stars[:, r_band])[:, None]
+    r_gal = sample_counts_mags(rng, f["bright_limit"], f["mag_limit"], f["galaxy_count_slope"], n_gal)
+    z_med = np.clip(0.1 + 0.08 * (r_gal - 16.0), 0.05, 1.0)
+    z_gal = np.clip(z_med * rng.gamma(3.0, 1.0, n_gal) / 2.674, 0.01, 2.0)
+    kind = rng.choice(len(GALAXY_KINDS), n_gal, p=GALAXY_MIX)
+    gals = np.empty((n_gal, len(grid.band_names)))
+    for k, name in enumerate(GALAXY_KINDS):
+        sel = kind == k
+        gals[sel] = photometry.galaxy_fluxes(grid, name, z_gal[sel])
+    gals *= (mag_to_nmgy(r_gal) / gals[:, r_band])[:, None]
+    labels = np.array(["star"] * n_star + [GALAXY_KINDS[k] for k in kind], dtype=object)
+    return {"kind": labels, "z": np.concatenate([np.zeros(n_star), z_gal]),
+                "flux": np.concatenate([stars, gals])}
+
+
+def observe(rng, flux: np.ndarray, sigma_sky: np.ndarray, calibration: float):
+    """Noisy fluxes and 1-sigma errors: sky noise from the depth plus a calibration floor.
+
+    Faint sources get fluxes <= 0 with finite errors, as forced photometry reports them.
+    """
+    sigma = np.sqrt(sigma_sky[None, :] ** 2 + (calibration * np.abs(flux)) ** 2)
+    return flux + rng.normal(0.0, 1.0, flux.shape) * sigma, sigma
+
+
+def sdss_names(ra, dec) -> list[str]:
+    """IAU-style names as DR16Q's SDSS_NAME: Jhhmmss.ss+ddmmss.s, truncated."""
+    names = []
+    for r, d in zip(ra, dec):
+        h = r / 15.0
+        hh, mm = int(h), int((h * 60) % 60)
+        ss = (h * 3600) % 60
+        sign = "+" if d >= 0 else "-"
+        ad = abs(d)
+        dd, dm = int(ad), int((ad * 60) % 60)
+        ds = (ad * 3600) % 60
+        names.append(f"J{hh:02d}{mm:02d}{np.floor(ss * 100) / 100:05.2f}{sign}{dd:02d}{dm:02d}"
+                     f"{np.floor(ds * 10) / 10:04.1f}")
+    return names
+
+
+def _band_columns(registry: Registry, catalog: str, obs: np.ndarray, sigma: np.ndarray,
+                  band_index: dict) -> dict:
+    """Flux and error columns of a catalog, in its native units and error convention."""
+    cols = {}
+    for band in registry.catalog_bands(catalog):
+        to_unit = NANOMAGGY_JY / registry.to_jy(band.unit)
+        j = band_index[band.name]
+        cols[band.flux] = (obs[:, j] * to_unit).astype(np.float32)
+        err = sigma[:, j] * to_unit
+        cols[band.err] = (1.0 / err ** 2 if band.err_kind == "ivar" else err).astype(np.float32)
+    return cols
+
+
+def simulate_pixel(model: SkyModel, pixel: int) -> dict[str, pa.Table]:
+    """Simulate one sky pixel (HEALPix order ``sim_order``).
+
+    Args:
+        model: settings (the ``sim`` section of conf/simulate.yaml), bands and photometry grid.
+        pixel: nested pixel index at ``sim_order``.
+    Returns:
+        {catalog name: table} for each catalog in ``sim.catalogs``, plus ``truth``.
+    """
+    sim, reg, grid = model.sim, model.registry, model.grid
+    order, seed = sim["sim_order"], sim["seed"]
+    rng = pixel_rng(seed, order, pixel)
+    area = pixel_area_deg2(order)
+    q, f = sim["quasars"], sim["field"]
+    n_qso = rng.poisson(q["density_deg2"] * area)
+    n_star = rng.poisson(f["star_density_deg2"] * area)
+    n_gal = rng.poisson(f["galaxy_density_deg2"] * area)
+
+    qso = draw_quasars(rng, n_qso, q, grid)
+    qso_ra, qso_dec = random_positions(rng, order, pixel, n_qso)
+    field = draw_field(rng, n_star, n_gal, f, grid)
+    field_ra, field_dec = random_positions(rng, order, pixel, n_star + n_gal)
+
+    band_index = {name: j for j, name in enumerate(grid.band_names)}
+    depth = np.array([sim["depth_5sigma"][b] for b in grid.band_names])
+    sigma_sky = mag_to_nmgy(depth) / 5.0
+    base_id = np.int64(pixel) << 24
+    thing_id = base_id + np.arange(n_qso, dtype=np.int64)
+    tables, truth_ids = {}, {}
+    for catalog in sim["catalogs"]:
+        # Independent noise and astrometry per catalog: each survey measured the sky itself.
+        crng = pixel_rng(seed, order, pixel, stream=1 + SIMULATED_CATALOGS.index(catalog))
+        q_obs, q_sig = observe(crng, qso["flux"], sigma_sky, sim["calibration_error"])
+        sigma_pos = sim["astrometry_arcsec"][catalog]
+        ra, dec = scatter_positions(crng, qso_ra, qso_dec, sigma_pos)
+        if catalog == "dr16q":
+            tables[catalog] = _dr16q(crng, qso, q, ra, dec, thing_id, q_obs, q_sig, reg, band_index)
+            continue
+        f_obs, f_sig = observe(crng, field["flux"], sigma_sky, sim["calibration_error"])
+        detect = [band_index[b.name] for b in reg.catalog_bands(catalog) if b.survey != "wise"]
+        seen = np.any(f_obs[:, detect] / f_sig[:, detect] >= sim["detection_snr"], axis=1)
+        is_gal = field["kind"][seen] != "star"
+        f_ra, f_dec = scatter_positions(crng, field_ra[seen], field_dec[seen],
+                                        np.where(is_gal, 2.0 * sigma_pos, sigma_pos))
+        table, ids = _photometric(catalog, pixel, np.concatenate([ra, f_ra]), np.concatenate([dec, f_dec]),
+                                  np.concatenate([q_obs, f_obs[seen]]), np.concatenate([q_sig, f_sig[seen]]),
+                                  np.concatenate([np.full(n_qso, "qso", dtype=object), field["kind"][seen]]),
+                                  reg, band_index)
+        tables[catalog] = table
+        truth_ids[catalog] = ids[:n_qso]
+    tables["truth"] = _truth(qso, qso_ra, qso_dec, thing_id, truth_ids, grid, tables.get("dr16q"))
+    return tables
+
+
+def _dr16q(rng, qso, q, ra, dec, thing_id, obs, sig, reg, band_index):
+    n = len(ra)
+    zwarning = np.where(rng.random(n) < q["zwarning_fraction"], 4, 0).astype(np.int32)
+    wrong = (zwarning != 0) & (rng.random(n) < 0.5)
+    z_spec = qso["z"] + rng.normal(0.0, 0.0005, n) * (1.0 + qso["z"])
+    z_spec = np.where(wrong, sample_piecewise(rng, q["z_nodes"], q["z_weights"], n), np.maximum(z_spec, 0.0))
+    cols = {"SDSS_NAME": sdss_names(ra, dec), "THING_ID": thing_id, "RA": ra, "DEC": dec,
+            "Z": z_spec, "ZWARNING": zwarning}
+    cols.update(_band_columns(reg, "dr16q", obs, sig, band_index))
+    has_galex = rng.random(n) < q["galex_coverage"]
+    for band in reg.catalog_bands("dr16q"):  # no GALEX match: DR16Q stores 0 flux and 0 ivar
+        cols[band.flux] = np.where(has_galex, cols[band.flux], 0.0).astype(np.float32)
+        cols[band.err] = np.where(has_galex, cols[band.err], 0.0).astype(np.float32)
+    cols["_healpix_29"] = healpix29(ra, dec)
+    return pa.table(cols)
+
+
+def _photometric(catalog, pixel, ra, dec, obs, sig, kind, reg, band_index):
+    n = len(ra)
+    local = np.arange(n, dtype=np.int64)
+    is_point = np.isin(kind, ["qso", "star"])
+    if catalog == "desi_ls":
+        if n >= 1 << 16:
+            raise ValueError(f"pixel {pixel} holds {n} DESI sources, more than a brick's 65535 OBJIDs; "
+                             "raise sim.sim_order")
+        brick = np.full(n, pixel, dtype=np.int32)
+        ids = (np.int64(LS_RELEASE) << 40) | (np.int64(pixel) << 16) | local
+        types = np.where(is_point, "PSF", [DESI_GALAXY_TYPE.get(k, "PSF") for k in kind])
+        cols = {"RELEASE": np.full(n, LS_RELEASE, dtype=np.int16), "BRICKID": brick,
+                "OBJID": local.astype(np.int32), "LS_ID": ids, "RA": ra, "DEC": dec, "TYPE": types.astype(str)}
+    elif catalog == "sdss":
+        ids = (np.int64(1) << 59) | (np.int64(pixel) << 24) | local
+        cols = {"objID": ids, "ra": ra, "dec": dec, "type": np.where(is_point, 6, 3).astype(np.int16)}
+    elif catalog == "lsst":
+        ids = (np.int64(pixel) << 24) | local
+        cols = {"objectId": ids, "coord_ra": ra, "coord_dec": dec,
+                "refExtendedness": np.where(is_point, 0.0, 1.0)}
+    else:
+        raise ValueError(f"cannot simulate catalog {catalog!r}; simulated catalogs: {SIMULATED_CATALOGS}")
+    cols.update(_band_columns(reg, catalog, obs, sig, band_index))
+    cols["_healpix_29"] = healpix29(ra, dec)
+    return pa.table(cols), ids
+
+
+def _truth(qso, ra, dec, thing_id, ids, grid, dr16q) -> pa.Table:
+    cols = {"THING_ID": thing_id, "ra_true": ra, "dec_true": dec, "z_true": qso["z"]}
+    for catalog, key in (("sdss", "sdss_objID"), ("desi_ls", "LS_ID"), ("lsst", "lsst_objectId")):
+        if catalog in ids:
+            cols[key] = ids[catalog]
+    for name in ("i_mag", "M_i", "tilt", "ebv", "igm_scale", "lls_z", "line_scale", "hot_dust",
+                 "warm_dust", "host_ratio_i"):
+        cols[name] = qso[name]
+    if dr16q is not None:
+        cols["Z"] = dr16q["Z"].to_numpy()
+        cols["ZWARNING"] = dr16q["ZWARNING"].to_numpy()
+        cols["has_galex"] = dr16q["FUV_IVAR"].to_numpy() > 0
+    for j, band in enumerate(grid.band_names):
+        cols[f"true_flux_{band}"] = qso["flux"][:, j].astype(np.float32)
+    cols["_healpix_29"] = healpix29(ra, dec)
+    return pa.table(cols)
