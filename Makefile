@@ -4,23 +4,26 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 ARGS ?=
+# The second stack, for train.backend=petastorm (pyarrow 14, numpy 1.26, pyspark 4.0; see the constraints).
+PETASTORM_VENV ?= .venv-petastorm
+PETASTORM_CONSTRAINTS := .ci/petastorm-constraints.txt
+PETASTORM_TESTS ?= tests/test_petastorm.py tests/test_features.py tests/test_hats.py tests/test_config.py
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint clean
+.PHONY: help venv demo test test-petastorm lint clean
 
 help:  ## list the targets
-	@echo "make demo   simulate a small sky (jobs/simulate_sky.py; pass options as ARGS='key=value ...')"
+	@echo "make demo   the pipeline on the simulated sky: simulate -> crossmatch -> features -> train (in WORKDIR)"
 	@echo "make test   run the test suite"
+	@echo "make test-petastorm  build $(PETASTORM_VENV) (the petastorm stack) and run the tests that matter there"
 	@echo "make lint   ruff check"
 	@echo "make venv   create $(VENV) and install the project (done by the targets above when needed)"
 	@echo "make clean  remove workdir/"
 
 venv: $(VENV)/.installed
 
-# Re-run when pyproject.toml changes. torch is installed first and pinned: asked for later as a
-# plain dependency, pip would pick a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
-	@version=$$(java -version 2>&1 | sed -n 's/.* version "\([^"]*\)".*/\1/p' | head -n 1); \
+define CHECK_JAVA
+version=$$(java -version 2>&1 | sed -n 's/.* version "\([^"]*\)".*/\1/p' | head -n 1); \
 	major=$${version%%.*}; \
 	if [ -z "$$version" ] || [ "$$major" -lt 17 ] 2>/dev/null; then \
 		echo "error: Spark needs Java 17 or newer (found: $${version:-no java on PATH})." >&2; \
@@ -28,17 +31,42 @@ $(VENV)/.installed: pyproject.toml
 		echo "  macOS:         brew install openjdk@17" >&2; \
 		exit 1; \
 	fi
+endef
+
+# Re-run when pyproject.toml changes. torch is installed first and pinned: asked for later as a
+# plain dependency, pip would pick a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	@$(CHECK_JAVA)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==$(TORCH_VERSION)
 	$(PY) -m pip install -e '.[dev]'
 	touch $@
 
+WORKDIR ?= workdir
+DEMO_EPOCHS ?= 6
+
 demo: $(VENV)/.installed
-	$(PY) jobs/simulate_sky.py $(ARGS)
+	$(PY) jobs/simulate_sky.py --workdir $(WORKDIR) $(ARGS)
+	$(PY) jobs/crossmatch.py --workdir $(WORKDIR)
+	$(PY) jobs/build_features.py --workdir $(WORKDIR)
+	$(PY) jobs/train.py --workdir $(WORKDIR) train.max_epochs=$(DEMO_EPOCHS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# Same pattern; the constraints hold the whole stack back (a plain install would bring numpy 2,
+# which pyarrow 14 cannot load).
+$(PETASTORM_VENV)/.installed: pyproject.toml $(PETASTORM_CONSTRAINTS)
+	@$(CHECK_JAVA)
+	$(PYTHON) -m venv $(PETASTORM_VENV)
+	$(PETASTORM_VENV)/bin/python -m pip install --upgrade pip
+	$(PETASTORM_VENV)/bin/python -m pip install torch==$(TORCH_VERSION)
+	$(PETASTORM_VENV)/bin/python -m pip install -c $(PETASTORM_CONSTRAINTS) -e '.[dev,petastorm]'
+	touch $@
+
+test-petastorm: $(PETASTORM_VENV)/.installed
+	$(PETASTORM_VENV)/bin/python -m pytest -q $(PETASTORM_TESTS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

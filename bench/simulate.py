@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -59,7 +60,8 @@ def main() -> None:
                                      f"sim.footprint.radius_deg={args.radius_deg}"])
         wall = time.perf_counter() - t0
     rows = sum(summary["rows"].values())
-    cores = os.cpu_count() if args.master == "local[*]" else int(args.master.strip("local[]") or 1)
+    found = re.fullmatch(r"local\[(\d+)\]", args.master)
+    cores = int(found.group(1)) if found else os.cpu_count()
     job = rows / wall
     print("\n=== bench/simulate.py ===")
     print(f"photometry grid build          {t_grid:8.1f} s (cached on disk by the job)")

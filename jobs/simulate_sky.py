@@ -17,7 +17,7 @@ import time
 
 from photoz_spark.bands import load_bands
 from photoz_spark.cli import fail, job_parser, parse_job_args
-from photoz_spark.config import ConfigError, resolve_path
+from photoz_spark.config import ConfigError, cache_dir, resolve_path
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     from photoz_spark.spark import get_spark
 
     spark = get_spark(config)
-    summary = simulate_sky(spark, config["sim"], registry, workdir, bands_file)
+    summary = simulate_sky(spark, config["sim"], registry, workdir, bands_file, cache_dir(config))
     if config["sim"]["figure"] and "sdss" in summary["rows"] and "desi_ls" in summary["rows"]:
         t0 = time.time()
         sample = colour_sample(spark, workdir, registry)

@@ -44,8 +44,27 @@ def job_parser(description: str, job_defaults: str | None) -> argparse.ArgumentP
     parser.add_argument("--workdir", metavar="DIR", help="where outputs go (default from config: ./workdir)")
     parser.add_argument("--master", metavar="URL", help="Spark master, e.g. local[2] or spark://host:7077")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    parser.set_defaults(job_defaults=job_defaults)
+    parser.set_defaults(job_defaults=job_defaults, config_options={})
     return parser
+
+
+def config_option(parser: argparse.ArgumentParser, flag: str, key: str, help: str,
+                  metavar: str | None = None, switch: bool = False) -> None:
+    """Add a job option that is shorthand for the override ``key=value``.
+
+    Args:
+        parser: a parser from ``job_parser``.
+        flag: the option, e.g. "--band-set".
+        key: the dotted config key it sets, e.g. "features.band_set".
+        help: the option's help text.
+        metavar: the value's name in the help (options with a value).
+        switch: a flag without a value that sets ``key=true``.
+    """
+    if switch:
+        action = parser.add_argument(flag, action="store_const", const=True, default=None, help=help)
+    else:
+        action = parser.add_argument(flag, metavar=metavar, default=None, help=help)
+    parser.get_default("config_options")[action.dest] = key
 
 
 def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
@@ -56,6 +75,10 @@ def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None = Non
         overrides.append(f"workdir={args.workdir}")
     if args.master:
         overrides.append(f"spark.master={args.master}")
+    for dest, key in parser.get_default("config_options").items():
+        value = getattr(args, dest)
+        if value is not None:  # options given on the command line win over key=value
+            overrides.append(f"{key}={'true' if value is True else value}")
     try:
         config = load_config(parser.get_default("job_defaults"), args.conf, overrides)
     except ConfigError as err:

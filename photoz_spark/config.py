@@ -7,6 +7,7 @@ so a typo or a wrong type is refused with a one-line message instead of being ig
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,11 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
                           f"got {value!r}")
     if default is None or isinstance(value, type(default)):
         return value
+    if isinstance(default, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-6" as a string
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(default, str) and isinstance(value, (int, float)):
@@ -104,6 +110,14 @@ def resolve_path(path: str | Path) -> Path:
     if not path.is_absolute() and not path.exists() and (PROJECT_DIR / path).exists():
         return (PROJECT_DIR / path).resolve()
     return path.resolve()
+
+
+def cache_dir(config: dict) -> Path:
+    """Where derived data worth keeping between runs lives (keyed by content, safe to share)."""
+    if config.get("cache_dir"):
+        return resolve_path(config["cache_dir"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "photoz-spark"
 
 
 def require(condition: bool, message: str) -> None:

@@ -432,6 +432,21 @@ def read_properties(path) -> dict[str, str]:
     return props
 
 
+def read_schema(path) -> pa.Schema:
+    """A catalog's Arrow schema, from ``dataset/_common_metadata`` (no data file is opened).
+
+    Args:
+        path: the catalog folder.
+
+    Returns:
+        The schema of its data files.
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a HATS catalog.
+    """
+    return pq.read_schema(_require_catalog(path) / DATASET_DIR / "_common_metadata")
+
+
 def read_hats(spark, path):
     """Read a HATS catalog's data into a Spark DataFrame.
 

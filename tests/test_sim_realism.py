@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from photoz_spark.bands import load_bands
-from photoz_spark.config import load_config
+from photoz_spark.bands import BANDS_FILE, load_bands
+from photoz_spark.config import cache_dir, load_config
 from photoz_spark.sim import realism
-from photoz_spark.sim.photometry import build_grid
+from photoz_spark.sim.photometry import load_or_build_grid
 from photoz_spark.sim.sky import SkyModel, simulate_pixel
 
 PIXELS = (20000, 20001)
@@ -26,7 +26,7 @@ def registry():
 
 @pytest.fixture(scope="module")
 def grid(registry):
-    return build_grid(registry)
+    return load_or_build_grid(registry, BANDS_FILE, cache_dir(load_config()))
 
 
 @pytest.fixture(scope="module")

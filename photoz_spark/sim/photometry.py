@@ -200,8 +200,11 @@ def load_or_build_grid(registry: Registry, registry_file: Path, cache_dir: Path 
         return build_grid(registry)
     path = Path(cache_dir) / f"photometry-grid-{_grid_key(registry_file)}.pkl"
     if path.is_file():
-        with open(path, "rb") as fh:
-            return pickle.load(fh)
+        try:
+            with open(path, "rb") as fh:
+                return pickle.load(fh)
+        except (OSError, EOFError, pickle.UnpicklingError, AttributeError):
+            pass  # unreadable or from another layout: rebuild it below
     grid = build_grid(registry)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")

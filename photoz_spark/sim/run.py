@@ -8,9 +8,7 @@ run leaves the previous sky untouched and a rerun replaces it.
 
 from __future__ import annotations
 
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import healpy as hp
@@ -22,6 +20,7 @@ from photoz_spark.bands import Registry
 from photoz_spark.config import require
 from photoz_spark.sim.photometry import load_or_build_grid
 from photoz_spark.sim.sky import SIMULATED_CATALOGS, SkyModel, pixel_area_deg2, simulate_pixel
+from photoz_spark.staging import job_staging
 
 TRUTH = "truth"
 COORDS = {"dr16q": ("RA", "DEC"), "sdss": ("ra", "dec"), "desi_ls": ("RA", "DEC"),
@@ -75,7 +74,7 @@ def _stage_pixel(model: SkyModel, pixel: int, raw_dir: str) -> dict[str, int]:
     return counts
 
 
-def simulate_sky(spark, sim: dict, registry: Registry, workdir, registry_file) -> dict:
+def simulate_sky(spark, sim: dict, registry: Registry, workdir, registry_file, cache: Path | None = None) -> dict:
     """Simulate the sky described by ``sim`` and write its catalogs under ``workdir``.
 
     Args:
@@ -84,18 +83,18 @@ def simulate_sky(spark, sim: dict, registry: Registry, workdir, registry_file) -
         registry: bands (conf/bands.yaml).
         workdir: a ``cli.Workdir``; catalogs go to ``catalogs/<name>``, truth to ``truth/sky``.
         registry_file: the bands file ``registry`` came from (keys the photometry-grid cache).
+        cache: folder of the photometry-grid cache (None: build it every time).
     Returns:
         Summary: pixels, area, rows per catalog, seconds per stage, output paths.
     """
     validate(sim, registry)
     pixels = footprint_pixels(sim)
     t0 = time.time()
-    grid = load_or_build_grid(registry, registry_file, Path(workdir.root) / "cache")
+    grid = load_or_build_grid(registry, registry_file, cache)
     model = SkyModel(sim=sim, registry=registry, grid=grid)
     t_grid = time.time() - t0
-    job_stage = Path(workdir.root) / f".simulate-staging-{uuid.uuid4().hex}"
-    raw = job_stage / "raw"
-    try:
+    with job_staging(workdir.root, "simulate") as stage:
+        raw = stage.path / "raw"
         sc = spark.sparkContext
         shared = sc.broadcast(model)
         raw_dir = str(raw)
@@ -110,15 +109,11 @@ def simulate_sky(spark, sim: dict, registry: Registry, workdir, registry_file) -
         for name, target in targets.items():
             ra, dec = COORDS[name]
             df = spark.read.parquet(str(raw / name))
-            summaries[name] = hats.write_hats(df, job_stage / "hats" / name, order=sim["catalog_order"],
+            summaries[name] = hats.write_hats(df, stage.output(name, target), order=sim["catalog_order"],
                                               ra_col=ra, dec_col=dec, catalog_name=name,
                                               extra_properties=provenance)
         shared.unpersist()
-        for name, target in targets.items():  # commit all catalogs together, after all succeeded
-            target.parent.mkdir(parents=True, exist_ok=True)
-            hats.replace_folder(job_stage / "hats" / name, target)
-    finally:
-        shutil.rmtree(job_stage, ignore_errors=True)
+        stage.commit()  # all catalogs together, after every one succeeded
     t_total = time.time() - t0
     rows = {name: sum(c.get(name, 0) for c in counts) for name in targets}
     return {

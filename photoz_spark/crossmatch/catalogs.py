@@ -1,0 +1,90 @@
+"""The crossmatch's input catalogs: where they are, which columns it needs, checked before any work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from photoz_spark import hats
+from photoz_spark.bands import Registry
+
+
+class CatalogError(ValueError):
+    """An input catalog that is missing or lacks a column the crossmatch needs."""
+
+
+@dataclass(frozen=True)
+class InputCatalog:
+    """A catalog named in ``conf/bands.yaml`` and its HATS data under ``workdir/catalogs``."""
+
+    name: str
+    path: Path
+    id: str
+    ra: str
+    dec: str
+    band_columns: tuple[str, ...]  # each band's flux then err column, in sequence order
+    schema: pa.Schema
+    properties: dict
+
+    @property
+    def columns(self) -> list[str]:
+        return self.schema.names
+
+    @property
+    def order(self) -> int | None:
+        value = self.properties.get("hats_order")
+        return int(value) if value is not None else None
+
+
+def open_catalog(name: str, path: Path, registry: Registry, *, with_bands: bool) -> InputCatalog:
+    """Describe a catalog and check it has the columns the crossmatch reads, with usable types.
+
+    Args:
+        name: a key of ``catalogs:`` in the bands file.
+        path: the HATS catalog folder.
+        registry: the bands file's contents.
+        with_bands: whether the catalog's band columns are needed (right catalogs).
+
+    Returns:
+        The InputCatalog.
+
+    Raises:
+        CatalogError: the catalog is missing, or a column is missing or of the wrong type.
+    """
+    spec = registry.catalogs[name]
+    try:
+        properties = hats.read_properties(path)
+        schema = hats.read_schema(path)
+    except FileNotFoundError as err:
+        raise CatalogError(f"catalog {name!r}: {err}; create it first (e.g. jobs/simulate_sky.py) "
+                           "or point --workdir at the folder holding catalogs/") from None
+    bands = tuple(c for b in registry.catalog_bands(name) for c in (b.flux, b.err)) if with_bands else ()
+    catalog = InputCatalog(name=name, path=Path(path), id=spec.id, ra=spec.ra, dec=spec.dec,
+                           band_columns=bands, schema=schema, properties=properties)
+    _check_columns(catalog)
+    return catalog
+
+
+def _check_columns(catalog: InputCatalog) -> None:
+    checks = [(catalog.id, _is_id, "an integer or string id"),
+              (catalog.ra, pa.types.is_floating, "floating point (degrees)"),
+              (catalog.dec, pa.types.is_floating, "floating point (degrees)"),
+              (hats.HEALPIX_COLUMN, pa.types.is_int64, "int64"),
+              *((c, _is_number, "numeric") for c in catalog.band_columns)]
+    for column, ok, wanted in checks:
+        if column not in catalog.columns:
+            raise CatalogError(f"catalog {catalog.name!r} ({catalog.path}) has no column {column!r}, "
+                               f"which conf/bands.yaml names; columns: {', '.join(catalog.columns)}")
+        kind = catalog.schema.field(column).type
+        if not ok(kind):
+            raise CatalogError(f"catalog {catalog.name!r}: column {column!r} must be {wanted}, got {kind}")
+
+
+def _is_id(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)

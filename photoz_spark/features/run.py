@@ -1,0 +1,203 @@
+"""Spark orchestration of feature sequencing: matched/<run>/ -> features/<band_set>/.
+
+The executors call ``build.feature_batch`` on each Arrow batch (``mapInArrow``); a second pass
+over the cached rows reduces each partition to ``build.batch_summary`` partials, which the
+driver combines into the job summary and the training-split statistics. The catalog,
+stats.json and layout.json are staged together and committed at the end: a failed run leaves
+the previous output untouched, a rerun replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import reduce
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from photoz_spark import hats
+from photoz_spark.bands import Registry
+from photoz_spark.config import require
+from photoz_spark.features.build import (
+    FeatureSpec,
+    batch_summary,
+    combine_summaries,
+    feature_batch,
+    layout,
+    output_schema,
+)
+from photoz_spark.features.split import SPLITS, check_fractions
+from photoz_spark.features.stats import stats_from_moments
+from photoz_spark.flags import FLAGS_COLUMN
+from photoz_spark.staging import job_staging
+
+STATS_FILE = "stats.json"
+LAYOUT_FILE = "layout.json"
+PROPERTY_PREFIX = "photoz_"
+
+
+def feature_spec(cfg: dict, registry: Registry) -> FeatureSpec:
+    """The ``features`` settings as a FeatureSpec, refusing values out of range.
+
+    Raises:
+        ValueError: an unknown band set (the message lists the known ones) or catalog, or a
+            bad split or redshift limit (ConfigError is a ValueError).
+    """
+    band_set = registry.band_set(cfg["band_set"])
+    require(cfg["left_catalog"] in registry.catalogs,
+            f"features.left_catalog: unknown catalog {cfg['left_catalog']!r}; known: {', '.join(registry.catalogs)}")
+    left = registry.catalogs[cfg["left_catalog"]]
+    split = cfg["split"]
+    fractions = check_fractions([split[name] for name in SPLITS])
+    require(cfg["z_max"] > 0, f"features.z_max must be > 0, got {cfg['z_max']}")
+    return FeatureSpec(
+        band_set=band_set, registry=registry, id_column=cfg["id_column"] or left.id,
+        ra_column=left.ra, dec_column=left.dec, z_column=cfg["z_column"],
+        zwarning_column=cfg["zwarning_column"], z_max=cfg["z_max"],
+        require_zwarning_zero=cfg["require_zwarning_zero"], require_complete=cfg["require_complete"],
+        fractions=fractions, seed=split["seed"],
+    )
+
+
+def input_schema(matched: Path) -> pa.Schema:
+    """The schema a HATS catalog records, read without Spark."""
+    return pq.read_schema(Path(matched) / hats.DATASET_DIR / "_common_metadata")
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def check_input(schema: pa.Schema, spec: FeatureSpec, where: Path) -> None:
+    """Refuse an input that lacks a column the features need, or holds one of the wrong type."""
+    def need(column: str, ok, what: str, kind: str) -> None:
+        if column not in schema.names:
+            raise ValueError(f"{where} has no column {column!r} ({what})")
+        if not ok(schema.field(column).type):
+            raise ValueError(f"{where}: column {column!r} ({what}) must be {kind}, is {schema.field(column).type}")
+
+    for band in spec.band_set.bands:
+        for column in (band.flux, band.err):
+            need(column, _numeric, f"band {band.name} of catalog {band.catalog}", "numeric")
+    need(spec.id_column, lambda t: pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t),
+         "the id column", "an integer or a string")
+    for column, what in ((spec.ra_column, "RA"), (spec.dec_column, "Dec"), (spec.z_column, "redshift"),
+                         (spec.zwarning_column, "redshift warning")):
+        if column:
+            need(column, _numeric, what, "numeric")
+    need(hats.HEALPIX_COLUMN, pa.types.is_int64, "HEALPix index", "int64")
+    if FLAGS_COLUMN in schema.names:
+        need(FLAGS_COLUMN, pa.types.is_integer, "quality flags", "an integer")
+
+
+def validate(cfg: dict, registry: Registry, workdir) -> tuple[FeatureSpec, Path]:
+    """Check the settings and the input before any Spark work.
+
+    Args:
+        cfg: the ``features`` section of the configuration.
+        registry: bands (conf/bands.yaml).
+        workdir: a ``cli.Workdir``.
+
+    Returns:
+        (spec, path of the matched catalog).
+
+    Raises:
+        ValueError: with a one-line message naming what is wrong.
+    """
+    spec = feature_spec(cfg, registry)
+    matched = workdir.matched / cfg["matched"]
+    if not (matched / hats.PROPERTIES_FILE).is_file():
+        raise ValueError(f"matched catalog not found: {matched} (run jobs/crossmatch.py, or set features.matched)")
+    check_input(input_schema(matched), spec, matched)
+    return spec, matched
+
+
+def properties(lay: dict, prefix: str = PROPERTY_PREFIX) -> dict:
+    """``layout`` flattened into HATS property keys: {"split": {"seed": 0}} -> photoz_split_seed=0."""
+    out = {}
+    for key, value in lay.items():
+        if isinstance(value, dict):
+            out.update(properties(value, f"{prefix}{key}_"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _featurise(spec: FeatureSpec, schema: pa.Schema):
+    def run(batches):
+        for batch in batches:
+            yield feature_batch(batch, spec, schema)
+    return run
+
+
+def _summarise(spec: FeatureSpec):
+    def run(batches):
+        parts = [batch_summary(batch, spec) for batch in batches]
+        if parts:
+            yield pa.RecordBatch.from_pydict({"partial": [json.dumps(reduce(combine_summaries, parts))]})
+    return run
+
+
+def _summary(featured, spec: FeatureSpec, schema: pa.Schema) -> dict:
+    """Combine the partitions' partial summaries on the driver."""
+    partials = [json.loads(row.partial) for row in featured.mapInArrow(_summarise(spec), "partial string").collect()]
+    empty = batch_summary(pa.RecordBatch.from_pylist([], schema=schema), spec)
+    return reduce(combine_summaries, partials, empty)
+
+
+def build_features(spark, cfg: dict, registry: Registry, workdir) -> dict:
+    """Build ``features/<band_set>/`` from ``matched/<cfg.matched>/``.
+
+    Args:
+        spark: the SparkSession.
+        cfg: the ``features`` section of the configuration (conf/features.yaml).
+        registry: bands (conf/bands.yaml).
+        workdir: a ``cli.Workdir``.
+
+    Returns:
+        Summary: paths, rows in and out, rows per split, excluded rows per reason, observed
+        fraction per band, flagged rows per flag, seconds.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    t0 = time.time()
+    spec, matched = validate(cfg, registry, workdir)
+    in_schema = input_schema(matched)
+    schema = output_schema(spec, in_schema)
+    wanted = [*spec.input_columns(), FLAGS_COLUMN, hats.HEALPIX_COLUMN]
+    source = hats.read_hats(spark, matched).select(*[c for c in wanted if c in in_schema.names])
+    rows_in = source.count()
+    featured = source.mapInArrow(_featurise(spec, schema), from_arrow_schema(schema))
+    featured = featured.persist(StorageLevel.MEMORY_AND_DISK)  # read by the summary and the write
+    try:
+        summary = _summary(featured, spec, schema)
+        stats = {**stats_from_moments(summary["train"], spec.band_set), "split": "train",
+                 "n_rows": summary["splits"]["train"]}
+        lay = layout(spec, cfg["matched"])
+        t_features = time.time() - t0
+        target = workdir.features / spec.band_set.name
+        with job_staging(workdir.root, "features") as stage:
+            staged = stage.output(spec.band_set.name, target)
+            written = hats.write_hats(
+                featured, staged, order=int(hats.read_properties(matched)["hats_order"]), ra_col="ra",
+                dec_col="dec", catalog_name=f"features_{spec.band_set.name}", extra_properties=properties(lay))
+            (staged / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
+            (staged / LAYOUT_FILE).write_text(json.dumps(lay, indent=1) + "\n")
+            stage.commit()
+    finally:
+        featured.unpersist()
+    t_total = time.time() - t0
+    observed = np.asarray(summary["observed"]) / max(summary["rows"], 1)
+    return {
+        "input": str(matched), "output": str(target), "stats": str(target / STATS_FILE),
+        "band_set": spec.band_set.name, "n_steps": spec.n_steps, "n_values": spec.n_values,
+        "rows_in": rows_in, "rows_out": written["n_rows"], "partitions": written["n_partitions"],
+        "splits": summary["splits"], "excluded_by_reason": summary["excluded_by_reason"],
+        "observed_fraction": dict(zip(spec.band_set.names, observed.tolist(), strict=True)),
+        "flagged": summary["flagged"],
+        "seconds": {"features": t_features, "write": t_total - t_features, "total": t_total},
+    }

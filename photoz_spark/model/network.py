@@ -1,0 +1,73 @@
+"""The LSTM-MDNz network: Bi-LSTM encoder over the band sequence and a Gaussian-mixture head.
+
+BiLSTM(128/dir) -> dropout 0.3 -> batch-norm -> BiLSTM(64/dir) -> dropout 0.3 -> batch-norm ->
+mean over the sequence -> dense (ReLU) -> MDN with K = 15 Gaussians (softmax weights, free
+means, softplus sigmas). Each step's input is (flux, flux_err) standardised, plus the
+band's observed flag, so a missing band is seen as missing rather than as an average flux.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SIGMA_FLOOR = 1e-4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_steps: int              # T: bands in the sequence
+    n_channels: int = 2       # C: (flux, flux_err) per band
+    use_mask: bool = True     # append the observed flag as an input channel
+    hidden1: int = 128        # per direction
+    hidden2: int = 64         # per direction
+    dropout: float = 0.3
+    dense: int = 128
+    n_components: int = 15
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _SeqBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over the feature axis of a [B, T, F] sequence."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class BiLSTMMDN(nn.Module):
+    """Maps standardised features [B, T*C] and the observed mask [B, T] to mixture parameters."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        n_in = c.n_channels + (1 if c.use_mask else 0)
+        self.lstm1 = nn.LSTM(n_in, c.hidden1, batch_first=True, bidirectional=True)
+        self.norm1 = _SeqBatchNorm(2 * c.hidden1)
+        self.lstm2 = nn.LSTM(2 * c.hidden1, c.hidden2, batch_first=True, bidirectional=True)
+        self.norm2 = _SeqBatchNorm(2 * c.hidden2)
+        self.drop = nn.Dropout(c.dropout)
+        self.dense = nn.Linear(2 * c.hidden2, c.dense)
+        self.head = nn.Linear(c.dense, 3 * c.n_components)
+
+    def forward(self, features: torch.Tensor, observed: torch.Tensor):
+        """Returns (logits, mu, sigma), each [B, K]."""
+        c = self.config
+        x = features.view(features.shape[0], c.n_steps, c.n_channels)
+        if c.use_mask:
+            x = torch.cat([x, observed.to(x.dtype)[..., None]], dim=-1)
+        x = self.norm1(self.drop(self.lstm1(x)[0]))
+        x = self.norm2(self.drop(self.lstm2(x)[0]))
+        x = F.relu(self.dense(x.mean(dim=1)))
+        logits, mu, raw_sigma = self.head(x).float().chunk(3, dim=-1)  # mixture maths in fp32
+        return logits, mu, F.softplus(raw_sigma) + SIGMA_FLOOR
+
+
+def mixture(logits, mu, sigma):
+    """(weights, mu, sigma) from the network's output."""
+    return torch.softmax(logits, dim=-1), mu, sigma

@@ -1,0 +1,124 @@
+"""MLflow tracking and model registry: where runs go, how a model is logged and promoted.
+
+Embedded default: a SQLite registry and a local artifact store under ``<workdir>/mlflow``.
+``MLFLOW_TRACKING_URI`` (or ``mlflow.tracking_uri`` in config) points at a real server instead.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+CHAMPION = "champion"
+SELECTION_METRIC = "val_crps"   # lower is better
+PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "pyyaml"]
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def tracking_uri(config: dict, workdir) -> str:
+    """MLFLOW_TRACKING_URI if set, else config ``mlflow.tracking_uri``, else SQLite in the workdir."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config["mlflow"]["tracking_uri"]
+    if uri:
+        return uri
+    root = Path(workdir.mlflow).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def connect(uri: str, workdir, experiment: str) -> str:
+    """Point MLflow at ``uri``, check it answers, and return the experiment id.
+
+    Raises:
+        ConnectionError: the tracking server does not answer (before any training starts).
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if uri.startswith("http"):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        client = MlflowClient(uri, registry_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+    except Exception as err:
+        raise ConnectionError(f"MLflow tracking server {uri} does not answer ({type(err).__name__}); "
+                              "start it, or unset MLFLOW_TRACKING_URI to use the embedded SQLite registry") from err
+    if found is not None:
+        return found.experiment_id
+    artifacts = None
+    if uri.startswith("sqlite:"):
+        artifacts = (Path(workdir.mlflow).resolve() / "artifacts").as_uri()
+    return client.create_experiment(experiment, artifact_location=artifacts)
+
+
+def log_model(model_dir: Path, sample_input, sample_output) -> str:
+    """Log the model files as an MLflow pyfunc (model from code) in the active run; returns its URI."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    import photoz_spark
+
+    with warnings.catch_warnings():  # MLflow's hints about type hints and examples, not problems here
+        warnings.simplefilter("ignore", UserWarning)
+        info = _log_pyfunc(mlflow, photoz_spark, model_dir, infer_signature(sample_input, sample_output))
+    return info.model_uri
+
+
+def _log_pyfunc(mlflow, package, model_dir: Path, signature):
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(package.__file__).parent / "mlflow_model.py"),
+        artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(Path(package.__file__).parent)],
+        signature=signature,
+        pip_requirements=[*PIP_REQUIREMENTS, f"mlflow=={mlflow.__version__}"],
+    )
+
+
+def register_and_promote(model_uri: str, name: str, run_id: str, new_score: float) -> dict:
+    """Register a new version; move the champion alias only if it beats the champion's score.
+
+    Returns:
+        version, promoted (bool), champion_version, previous_score and a sentence for the log.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    version = mlflow.register_model(model_uri, name).version
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # noqa: BLE001 - no alias yet
+        champion = None
+    previous = None
+    if champion is not None:
+        metrics = client.get_run(champion.run_id).data.metrics
+        previous = metrics.get(SELECTION_METRIC)
+    promoted = previous is None or new_score < previous
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        message = (f"version {version} is now '{CHAMPION}' ({SELECTION_METRIC} {new_score:.4f}"
+                   + (f" < {previous:.4f} of version {champion.version})" if previous is not None else ", first version)"))
+    else:
+        message = (f"version {version} registered but not promoted: {SELECTION_METRIC} {new_score:.4f} "
+                   f">= {previous:.4f} of champion version {champion.version}")
+    return {"version": int(version), "promoted": promoted, "message": message,
+            "champion_version": int(version if promoted else champion.version), "previous_score": previous}
+
+
+def download_model(uri: str) -> Path:
+    """Fetch a registered model's files (``models:/name@champion``, ``models:/name/3``) to a temp folder."""
+    import mlflow
+
+    from photoz_spark.serving import META_FILE
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="photoz-model-"))
+    found = sorted(Path(local, "artifacts").rglob(META_FILE))
+    if not found:
+        raise FileNotFoundError(f"{uri} holds no {META_FILE}: not a photoz-spark model")
+    return found[0].parent

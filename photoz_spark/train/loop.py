@@ -1,0 +1,168 @@
+"""The training loop in plain torch: Adam, step decay, early stopping, checkpoint and resume.
+
+Runs alone on CPU or GPU, or as one rank of a torch.distributed job (TorchDistributor):
+under DDP every rank must take the same number of steps per epoch, which the feeding layer
+guarantees, and the validation loss is all-reduced so every rank makes the same
+early-stopping decision.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import distributed as dist
+
+from photoz_spark.model import mdn
+from photoz_spark.model.network import BiLSTMMDN
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # features [B, T*C], observed [B, T], z [B]
+
+
+@dataclass
+class TrainSettings:
+    max_epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    lr_step_epochs: int = 50      # lr x lr_gamma every this many epochs
+    lr_gamma: float = 0.1
+    patience: int = 20            # epochs without validation improvement before stopping
+    seed: int = 0
+    autocast: str = "none"        # "bf16" or "fp16" on GPU; mixture maths stays fp32
+
+
+@dataclass
+class TrainResult:
+    best_state: dict
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+def _autocast(device: torch.device, kind: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(kind)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, batches: Iterable[Batch], device, autocast: str = "none") -> float:
+    """Mean NLL over batches (all-reduced across ranks under DDP)."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for features, observed, z in batches:
+        features, observed, z = features.to(device), observed.to(device), z.to(device)
+        with _autocast(device, autocast):
+            logits, mu, sigma = model(features, observed)
+        loss = mdn.nll(logits, mu, sigma, z.float())
+        total += torch.stack([loss.double().sum(), torch.tensor(float(len(z)), dtype=torch.float64, device=device)])
+    if _distributed():
+        dist.all_reduce(total)
+    if total[1] == 0:
+        raise ValueError("the validation split is empty: nothing to evaluate early stopping on")
+    return float(total[0] / total[1])
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-save leaves the previous checkpoint
+
+
+def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
+          val_batches: Callable[[], Iterable[Batch]], settings: TrainSettings, *,
+          device: str | torch.device = "cpu", checkpoint: str | Path | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``model`` with the method's recipe; resume from ``checkpoint`` if it exists.
+
+    Args:
+        model: the network (moved to ``device`` here; wrapped in DDP when torch.distributed is up).
+        train_batches: epoch -> iterable of standardised training batches (same length on every rank).
+        val_batches: () -> iterable of validation batches.
+        settings: optimiser, schedule, early stopping, seed, autocast.
+        device: where to train.
+        checkpoint: a file written every epoch (rank 0) and read at start to resume after a kill.
+        on_epoch: called with each epoch's record (epoch, train_loss, val_loss, lr, seconds, samples_per_s).
+    Returns:
+        TrainResult with the best weights (lowest validation NLL), restored into ``model`` too.
+    """
+    device = torch.device(device)
+    torch.manual_seed(settings.seed)
+    model.to(device)
+    net = torch.nn.parallel.DistributedDataParallel(model) if _distributed() else model
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(settings.beta1, settings.beta2))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=settings.lr_step_epochs, gamma=settings.lr_gamma)
+    state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": [],
+             "best_state": copy.deepcopy(model.state_dict())}
+    checkpoint = Path(checkpoint) if checkpoint else None
+    if checkpoint and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        state = saved["loop"]
+    stopped = False
+    while state["epoch"] < settings.max_epochs:
+        epoch = state["epoch"]
+        torch.manual_seed(settings.seed + epoch)  # per-epoch seed: a resumed run equals an unbroken one
+        record = _run_epoch(net, opt, train_batches(epoch), device, settings)
+        sched.step()
+        record["val_loss"] = evaluate_loss(net, val_batches(), device, settings.autocast)
+        record.update(epoch=epoch, lr=opt.param_groups[0]["lr"])
+        state["history"].append(record)
+        if record["val_loss"] < state["best_val_loss"]:
+            state.update(best_val_loss=record["val_loss"], best_epoch=epoch, bad_epochs=0,
+                         best_state=copy.deepcopy(model.state_dict()))
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        if checkpoint and _rank() == 0:
+            _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                          "scheduler": sched.state_dict(), "loop": state})
+        if on_epoch:
+            on_epoch(record)
+        if state["bad_epochs"] >= settings.patience:
+            stopped = True
+            break
+    model.load_state_dict(state["best_state"])
+    return TrainResult(best_state=state["best_state"], best_epoch=state["best_epoch"],
+                       best_val_loss=state["best_val_loss"], epochs_run=state["epoch"],
+                       history=state["history"], stopped_early=stopped)
+
+
+def _run_epoch(net, opt, batches: Iterable[Batch], device, settings: TrainSettings) -> dict:
+    net.train()
+    t0, n_seen = time.perf_counter(), 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for features, observed, z in batches:
+        features, observed, z = (features.to(device, non_blocking=True), observed.to(device, non_blocking=True),
+                                 z.to(device, non_blocking=True))
+        with _autocast(device, settings.autocast):
+            logits, mu, sigma = net(features, observed)
+        loss = mdn.nll(logits, mu, sigma, z.float()).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach().double() * len(z)
+        n_seen += len(z)
+    if not torch.isfinite(total):  # checked once per epoch: a per-step check would sync the GPU
+        raise FloatingPointError("training loss is not finite: check the features for NaN/inf")
+    seconds = time.perf_counter() - t0
+    return {"train_loss": float(total) / max(n_seen, 1), "seconds": seconds,
+            "samples_per_s": n_seen / seconds if seconds > 0 else 0.0}

@@ -1,0 +1,287 @@
+"""Spark orchestration of training: TorchDistributor ranks, then MLflow logging and registration.
+
+The ranks (``train_rank``) only train: each reads its shard (``train.backend``: arrow, or
+petastorm materialised by the driver, see feeding.py), runs the plain-torch loop under
+DDP (gloo on CPU, nccl on GPU) and rank 0 checkpoints every epoch. The driver validates
+everything before starting them, checks afterwards that every rank finished (TorchDistributor's
+local mode ignores child exit codes), evaluates the best weights on the validation and test
+splits, and logs, registers and (if better) promotes the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from photoz_spark.config import require
+from photoz_spark.model import ModelConfig
+from photoz_spark.train.loop import TrainSettings
+
+STATUS_OK = "ok"
+
+
+def settings_from(cfg: dict) -> TrainSettings:
+    fields = TrainSettings.__dataclass_fields__
+    return TrainSettings(**{k: v for k, v in cfg.items() if k in fields})
+
+
+def validate(cfg: dict, layout: dict, stats: dict, counts: dict) -> None:
+    """Refuse before any training: wrong layout for the band set, empty splits, bad settings."""
+    require(cfg["backend"] in ("arrow", "petastorm"), f"train.backend must be arrow or petastorm, got {cfg['backend']!r}")
+    require(cfg["use_gpu"] in ("auto", True, False), f"train.use_gpu must be auto, true or false, got {cfg['use_gpu']!r}")
+    require(cfg["autocast"] in ("none", "bf16", "fp16"), f"train.autocast must be none, bf16 or fp16, got {cfg['autocast']!r}")
+    for key in ("num_processes", "max_epochs", "batch_size", "patience", "lr_step_epochs"):
+        require(cfg[key] >= 1, f"train.{key} must be >= 1, got {cfg[key]}")
+    require(cfg["lr"] > 0, "train.lr must be > 0")
+    require(layout["band_set"] == cfg["band_set"],
+            f"features were built for band set {layout['band_set']!r}, not {cfg['band_set']!r}")
+    require(len(stats["mean"]) == layout["n_steps"] == len(layout["bands"]),
+            "stats.json and layout.json disagree on the number of bands: rebuild the features")
+    for split in ("train", "validation"):
+        per_rank = counts[split] // cfg["num_processes"]
+        require(per_rank >= (cfg["batch_size"] if split == "train" else 1),
+                f"the {split} split has {counts[split]} rows: too few for {cfg['num_processes']} ranks"
+                + (f" at batch {cfg['batch_size']}" if split == "train" else ""))
+    require(bool(np.all(np.isfinite(stats["std"]))) and min(min(s) for s in stats["std"]) > 0,
+            "stats.json has a zero or non-finite std: a band has no variation in the training split")
+
+
+def check_finite(data, split: str) -> None:
+    """NaN or inf in standardised features or z would poison training: stop before it starts."""
+    bad = ~np.isfinite(data.features.numpy()).all(axis=1) | ~np.isfinite(data.z.numpy())
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} rows of the {split} split hold NaN/inf after standardisation; "
+                         "rebuild the features")
+
+
+def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_gpu: bool, feed=None) -> dict:
+    """One DDP rank (run by TorchDistributor): train on this rank's shard; rank 0 saves the best weights.
+
+    ``feed``: a feeding.Feed made on the driver (PetastormFeed); None reads ``features_dir`` with ArrowFeed.
+    """
+    import torch
+    from torch import distributed as dist
+
+    from photoz_spark.model import BiLSTMMDN
+    from photoz_spark.train.feeding import ArrowFeed, eval_batches
+    from photoz_spark.train.loop import train
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    out = Path(out_dir)
+    if world > 1:
+        dist.init_process_group("nccl" if use_gpu else "gloo")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_gpu else "cpu")
+    if not use_gpu:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    feed = ArrowFeed(features_dir) if feed is None else feed
+    val_data = feed.eval_data("validation", rank, world)
+    settings = settings_from(cfg)
+    model = BiLSTMMDN(ModelConfig(**model_cfg))
+
+    def on_epoch(record):
+        if rank == 0:
+            line = {k: record[k] for k in ("epoch", "train_loss", "val_loss", "lr", "samples_per_s")}
+            line["samples_per_s"] *= world
+            with open(out / "history.jsonl", "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            print(f"epoch {record['epoch']:4d}  train NLL {record['train_loss']:8.4f}  val NLL {record['val_loss']:8.4f}"
+                  f"  lr {record['lr']:.1e}  {line['samples_per_s']:9,.0f} samples/s", flush=True)
+
+    try:
+        result = train(model, lambda e: feed.train_batches(e, rank, world, settings.batch_size, settings.seed),
+                       lambda: eval_batches(val_data), settings, device=device,
+                       checkpoint=out / "checkpoint.pt" if cfg["resume"] else None, on_epoch=on_epoch)
+    finally:
+        feed.close()
+    if rank == 0:
+        torch.save({k: v.cpu() for k, v in result.best_state.items()}, out / "best.pt")
+    (out / f"rank-{rank}.status").write_text(STATUS_OK)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+            "epochs_run": result.epochs_run, "stopped_early": result.stopped_early}
+
+
+def gpus_available(spark, local_mode: bool) -> bool:
+    """Whether training can use GPUs: CUDA on the driver (local) or GPU resources on executors."""
+    if local_mode:
+        import torch
+        return torch.cuda.is_available()
+    amount = spark.sparkContext.getConf().get("spark.executor.resource.gpu.amount", "0")
+    return float(amount) > 0
+
+
+def run_distributed(spark, features_dir: Path, out_dir: Path, cfg: dict, model_cfg: dict, feed=None) -> dict:
+    """Start the ranks with TorchDistributor and make sure each of them finished (``feed``: see train_rank)."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    local_mode = spark.sparkContext.master.startswith("local")
+    use_gpu = gpus_available(spark, local_mode) if cfg["use_gpu"] == "auto" else bool(cfg["use_gpu"])
+    for stale in out_dir.glob("rank-*.status"):
+        stale.unlink()
+    distributor = TorchDistributor(num_processes=cfg["num_processes"], local_mode=local_mode, use_gpu=use_gpu)
+    error = None
+    try:
+        result = distributor.run(train_rank, str(features_dir), str(out_dir), cfg, model_cfg, use_gpu, feed)
+    except Exception as err:  # noqa: BLE001 - reported below with which ranks failed
+        result, error = None, err
+    # Local mode may ignore a child's exit code: each rank proves it finished with a status file.
+    missing = [r for r in range(cfg["num_processes"]) if not (out_dir / f"rank-{r}.status").is_file()]
+    if missing or result is None:
+        raise RuntimeError(f"training ranks {missing or 'all'} did not finish: see the output above; "
+                           f"the last checkpoint in {out_dir} lets a rerun resume") from error
+    return {**result, "use_gpu": use_gpu, "local_mode": local_mode}
+
+
+def model_config(cfg_model: dict, layout: dict) -> dict:
+    return asdict(ModelConfig(n_steps=layout["n_steps"], n_channels=layout["n_channels"], **cfg_model))
+
+
+def clean_run_dir(out_dir: Path) -> None:
+    """After a successful registration the next run starts fresh, not from this checkpoint."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def elapsed(t0: float) -> float:
+    return time.time() - t0
+
+
+def evaluate_split(model, feed, split: str) -> tuple[dict, dict]:
+    """Point and CRPS metrics of ``model`` on one split, plus the arrays for plots."""
+    import torch
+
+    from photoz_spark.metrics import point_metrics
+    from photoz_spark.model import mdn, mixture
+    from photoz_spark.train.feeding import eval_batches
+
+    data = feed.load(split)
+    means, crps, pits = [], [], []
+    model.eval()
+    with torch.inference_mode():
+        for features, observed, z in eval_batches(data):
+            w, mu, sigma = mixture(*model(features, observed))
+            means.append(mdn.mean(w, mu))
+            crps.append(mdn.crps(w, mu, sigma, z))
+            pits.append(mdn.pit(w, mu, sigma, z))
+    arrays = {"z_spec": data.z.numpy(), "z_phot": torch.cat(means).numpy(), "crps": torch.cat(crps).numpy(),
+              "pit": torch.cat(pits).numpy()}
+    return point_metrics(arrays["z_phot"], arrays["z_spec"], arrays["crps"]), arrays
+
+
+def zphot_figure(arrays: dict, path: Path, title: str) -> None:
+    """z_phot vs z_spec density with the +-0.15(1+z) outlier lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.hexbin(arrays["z_spec"], arrays["z_phot"], gridsize=80, extent=(0, 5.5, 0, 5.5), bins="log", cmap="viridis")
+    z = np.linspace(0, 5.5, 2)
+    ax.plot(z, z, "w-", lw=0.8)
+    for sign in (1, -1):
+        ax.plot(z, z + sign * 0.15 * (1 + z), "w--", lw=0.8)
+    ax.set(xlabel="z_spec", ylabel="z_phot (PDF mean)", title=title, xlim=(0, 5.5), ylim=(0, 5.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def train_and_register(spark, config: dict, registry, workdir) -> dict:
+    """The whole training stage. Returns the summary the job prints."""
+    import mlflow
+    import torch
+
+    from photoz_spark import registry as reg
+    from photoz_spark.model import BiLSTMMDN
+    from photoz_spark.serving import PhotozModel, save_model_files
+    from photoz_spark.train.feeding import ArrowFeed, PetastormFeed, import_petastorm
+
+    t0 = time.time()
+    cfg = config["train"]
+    if cfg["backend"] == "petastorm":
+        import_petastorm()  # not installed: a one-line error before anything starts
+    registry.band_set(cfg["band_set"])  # unknown band set -> one-line error
+    features_dir = Path(workdir.features) / cfg["band_set"]
+    if not (features_dir / "layout.json").is_file():
+        raise FileNotFoundError(f"no features at {features_dir}: run jobs/build_features.py --band-set {cfg['band_set']}")
+    feed = ArrowFeed(features_dir)
+    counts = {s: feed.count(s) for s in ("train", "validation", "test")}
+    validate(cfg, feed.layout, feed.stats, counts)
+    check_finite(feed.load("train"), "train")
+    check_finite(feed.load("validation"), "validation")
+    uri = reg.tracking_uri(config, workdir)
+    experiment_id = reg.connect(uri, workdir, cfg["experiment"])
+
+    out_dir = Path(workdir.root) / "train" / cfg["model_name"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_file = out_dir / "run.json"
+    resumed = cfg["resume"] and run_file.is_file() and (out_dir / "checkpoint.pt").is_file()
+    if not resumed:
+        for old in ("checkpoint.pt", "history.jsonl", "best.pt"):
+            (out_dir / old).unlink(missing_ok=True)
+    run_id = json.loads(run_file.read_text())["run_id"] if resumed else None
+    mcfg = model_config(config["model"], feed.layout)
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id) as run:
+        run_file.write_text(json.dumps({"run_id": run.info.run_id}))
+        if not resumed:
+            mlflow.log_params({**{f"train.{k}": v for k, v in cfg.items()}, **{f"model.{k}": v for k, v in mcfg.items()},
+                               "rows.train": counts["train"], "rows.validation": counts["validation"],
+                               "rows.test": counts["test"]})
+        rank_feed = (PetastormFeed.create(spark, features_dir, out_dir / "petastorm-cache", cfg["num_processes"])
+                     if cfg["backend"] == "petastorm" else None)  # None: the ranks read with ArrowFeed
+        t_train = time.time()
+        try:
+            dist = run_distributed(spark, features_dir, out_dir, cfg, mcfg, rank_feed)
+        finally:
+            if rank_feed is not None:
+                rank_feed.delete()
+        t_train = time.time() - t_train
+        history = [json.loads(line) for line in (out_dir / "history.jsonl").read_text().splitlines()]
+        for rec in history:
+            mlflow.log_metrics({"train_nll": rec["train_loss"], "val_nll": rec["val_loss"], "lr": rec["lr"],
+                                "samples_per_s": rec["samples_per_s"]}, step=rec["epoch"])
+        model = BiLSTMMDN(ModelConfig(**mcfg))
+        model.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True))
+        metrics, plots = {}, {}
+        for split, prefix in (("validation", "val"), ("test", "test")):
+            if counts[split]:
+                m, plots[split] = evaluate_split(model, feed, split)
+                metrics.update({f"{prefix}_{k}": v for k, v in m.items() if k != "n"})
+        mlflow.log_metrics(metrics)
+        figure = out_dir / "zphot_vs_zspec_test.png"
+        if "test" in plots:
+            zphot_figure(plots["test"], figure, f"{cfg['model_name']} ({cfg['band_set']}), test split")
+            mlflow.log_artifact(str(figure), "plots")
+        model_dir = out_dir / "model"
+        save_model_files(model_dir, model.state_dict(),
+                         {"model_config": mcfg, "layout": feed.layout, "stats": feed.stats, "metrics": metrics,
+                          "trained": {"epochs_run": dist["epochs_run"], "best_epoch": dist["best_epoch"]}})
+        sample = _signature_sample(registry, feed.layout)
+        model_uri = reg.log_model(model_dir, sample, PhotozModel(model_dir, registry).predict_table(
+            __import__("pyarrow").Table.from_pandas(sample, preserve_index=False)))
+        promotion = reg.register_and_promote(model_uri, cfg["model_name"], run.info.run_id, metrics["val_crps"])
+        mlflow.set_tag("promotion", promotion["message"])
+    clean_run_dir(out_dir)
+    return {"tracking_uri": uri, "run_id": run.info.run_id, "model_name": cfg["model_name"], "counts": counts,
+            "metrics": metrics, "promotion": promotion, "resumed": resumed, "distributed": dist,
+            "epochs": len(history), "seconds": {"train": t_train, "total": elapsed(t0)},
+            "samples_per_s": float(np.median([h["samples_per_s"] for h in history]))}
+
+
+def _signature_sample(registry, layout: dict):
+    """Two rows of the band set's native columns (for the model's input signature)."""
+    import pandas as pd
+
+    band_set = registry.band_set(layout["bands"])
+    cols = {}
+    for band in band_set.bands:
+        cols[band.flux] = [10.0, 1.0]
+        cols[band.err] = [1.0, 4.0] if band.err_kind == "ivar" else [0.5, 0.5]
+    return pd.DataFrame(cols)

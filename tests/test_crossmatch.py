@@ -1,0 +1,393 @@
+"""The crossmatch: its math, constructed edge cases with exact answers, and the simulated sky's truth."""
+
+import shutil
+import sys
+
+import healpy as hp
+import numpy as np
+import pyarrow as pa
+import pytest
+from astropy.coordinates import angular_separation
+from scipy.spatial import cKDTree
+
+from photoz_spark import PROJECT_DIR, hats
+from photoz_spark.bands import load_bands
+from photoz_spark.crossmatch import geometry
+from photoz_spark.flags import Flag
+
+sys.path.insert(0, str(PROJECT_DIR / "jobs"))
+import crossmatch as crossmatch_job
+import simulate_sky
+
+REGISTRY = load_bands()
+ORDER = 4          # partition order of the constructed catalogs
+JOIN_ORDER = 13    # auto order for 1.5 arcsec
+ARCSEC = 1 / 3600.0
+
+
+def astropy_sep_arcsec(ra1, dec1, ra2, dec2):
+    """Vincenty's formula (astropy): an independent reference for the separations."""
+    return np.degrees(angular_separation(*np.radians([ra1, dec1, ra2, dec2]))) * 3600.0
+
+
+# --- pure functions --------------------------------------------------------------------------
+
+def test_separation_matches_astropy_from_microarcsec_to_antipodes():
+    rng = np.random.default_rng(3)
+    ra1, dec1 = rng.uniform(0, 360, 2000), np.degrees(np.arcsin(rng.uniform(-1, 1, 2000)))
+    scale = 10.0 ** rng.uniform(-6, 5.8, 2000)  # arcsec
+    angle = rng.uniform(0, 2 * np.pi, 2000)
+    dec2 = np.clip(dec1 + scale * ARCSEC * np.sin(angle), -90, 90)
+    ra2 = (ra1 + scale * ARCSEC * np.cos(angle)) % 360
+    expected = astropy_sep_arcsec(ra1, dec1, ra2, dec2)
+    got = geometry.separation_arcsec(ra1, dec1, ra2, dec2)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-7)
+    assert geometry.separation_arcsec(10.0, 89.99985, 190.0, 89.99985) == pytest.approx(1.08, abs=1e-9)
+    assert geometry.separation_arcsec(0, 0, 180, 0) == pytest.approx(648000.0)
+    assert np.isnan(geometry.separation_arcsec(np.nan, 0, 0, 0))
+
+
+def test_valid_coords():
+    ra = np.array([0.0, 359.999, 360.0, -1e-9, np.nan, 10.0, 10.0, 10.0])
+    dec = np.array([0.0, 90.0, 0.0, 0.0, 0.0, -90.0, 90.0001, np.nan])
+    assert geometry.valid_coords(ra, dec).tolist() == [True, True, False, False, False, True, False, False]
+
+
+def test_auto_join_order_is_the_finest_with_pixels_ten_radii_wide():
+    assert geometry.auto_join_order(1.5) == JOIN_ORDER
+    for radius in (0.01, 0.3, 1.5, 3.0, 60.0, 3600.0):
+        order = geometry.auto_join_order(radius)
+        assert geometry.pixel_size_arcsec(order) >= 10 * radius > geometry.pixel_size_arcsec(order + 1)
+    assert geometry.auto_join_order(1e-9) == 29
+    assert geometry.auto_join_order(21000.0) == 0
+    with pytest.raises(ValueError, match="too large"):
+        geometry.auto_join_order(3 * 3600.0 * 3)
+
+
+def test_search_pixels_own_pixel_first_distinct_and_minus_one_dropped():
+    # Order-1 pixel 20 touches a vertex where only 3 base pixels meet: 7 neighbours.
+    rows, pixels = geometry.search_pixels(np.array([20 << 56, 3 << 56], dtype=np.int64), 1)
+    assert rows.tolist() == [0] * 8 + [1] * 9
+    assert pixels[0] == 20 and pixels[8] == 3 and -1 not in pixels
+    rng = np.random.default_rng(4)
+    h29 = rng.integers(0, 12 * 4**29, 5000)
+    rows, pixels = geometry.search_pixels(h29, JOIN_ORDER)
+    assert np.all(np.bincount(rows) >= 8)
+    assert len(set(zip(rows.tolist(), pixels.tolist(), strict=True))) == len(rows)  # no pixel twice per row
+    np.testing.assert_array_equal(pixels[np.r_[0, np.flatnonzero(np.diff(rows)) + 1]], h29 >> 2 * (29 - JOIN_ORDER))
+
+
+@pytest.mark.parametrize("dec_range", [(-90, 90), (89.0, 90.0), (-90.0, -89.0), (41.0, 42.5)])
+def test_search_pixels_cover_every_counterpart_within_half_a_pixel(dec_range):
+    """Counterparts up to 5x farther than any radius the join order allows are in the 9 pixels
+    (41.8 deg: the latitude of the vertices with 7 neighbours)."""
+    rng = np.random.default_rng(5)
+    n, order = 20000, 10
+    ra = rng.uniform(0, 360, n)
+    dec = np.degrees(np.arcsin(rng.uniform(*np.sin(np.radians(dec_range)), n)))
+    step = 0.5 * geometry.pixel_size_arcsec(order) * ARCSEC * rng.uniform(0, 1, n)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    # Move each point along a great circle: rotate its unit vector towards a tangent direction.
+    v = geometry.unit_vectors(ra, dec)
+    east = np.stack([-np.sin(np.radians(ra)), np.cos(np.radians(ra)), np.zeros(n)], 1)
+    north = np.cross(v, east)
+    w = v * np.cos(np.radians(step))[:, None] + (np.cos(angle)[:, None] * east + np.sin(angle)[:, None] * north) \
+        * np.sin(np.radians(step))[:, None]
+    right_pix = hp.vec2pix(2**order, w[:, 0], w[:, 1], w[:, 2], nest=True)
+    rows, pixels = geometry.search_pixels(hats.healpix29(ra, dec), order)
+    found = np.zeros(n, dtype=bool)
+    found[rows[pixels == right_pix[rows]]] = True
+    assert found.all()
+
+
+# --- constructed edge cases ------------------------------------------------------------------
+
+def _step(ra, dec, east_arcsec=0.0, north_arcsec=0.0):
+    return ra + east_arcsec * ARCSEC / np.cos(np.radians(dec)), dec + north_arcsec * ARCSEC
+
+
+def _straddle(ra, dec, order, same_parent: bool, sep_arcsec: float):
+    """A left and a right position sep_arcsec apart on either side of an order-``order`` border,
+    inside one order-ORDER pixel (same_parent) or across two of them."""
+    a = int(hp.ang2pix(2**order, ra, dec, nest=True, lonlat=True))
+    for b in hp.get_all_neighbours(2**order, a, nest=True)[::2]:  # the 4 edge neighbours
+        if ((a >> 2 * (order - ORDER)) == (b >> 2 * (order - ORDER))) == same_parent:
+            break
+    va, vb = (np.array(hp.pix2vec(2**order, p, nest=True)) for p in (a, b))
+    lo, hi = 0.0, 1.0  # bisect the centre-to-centre arc for the border
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        w = va * (1 - mid) + vb * mid
+        lo, hi = (mid, hi) if hp.vec2pix(2**order, *w, nest=True) == a else (lo, mid)
+    border = va * (1 - lo) + vb * lo
+    direction = (vb - va) - np.dot(vb - va, border) * border / np.dot(border, border)
+    direction /= np.linalg.norm(direction)
+    border /= np.linalg.norm(border)
+    half = np.radians(sep_arcsec * ARCSEC / 2)
+    left, right = (border * np.cos(half) + s * direction * np.sin(half) for s in (-1, 1))
+    (lra, ldec), (rra, rdec) = (hp.vec2ang(v, lonlat=True) for v in (left, right))
+    return (float(lra[0]), float(ldec[0])), (float(rra[0]), float(rdec[0])), (a, int(b))
+
+
+def _edge_cases():
+    """Left rows (name, THING_ID, ra, dec) and right rows (objID, ra, dec), with what must match."""
+    left, right, expect = [], [], {}
+
+    def pair(name, thing_id, lpos, rpos, obj_id):
+        left.append((name, thing_id, *lpos))
+        right.append((obj_id, *rpos))
+        expect[name] = (obj_id, astropy_sep_arcsec(*lpos, *rpos), 1)
+
+    lpos, rpos, (a, b) = _straddle(150.0, 30.0, JOIN_ORDER, True, 0.8)
+    assert a != b and a >> 18 == b >> 18
+    pair("border_join_order", 1, lpos, rpos, 101)
+    lpos, rpos, (a, b) = _straddle(150.0, 30.0, ORDER + 1, False, 1.2)
+    assert hats.pixel_at_order(hats.healpix29(*lpos), ORDER) != hats.pixel_at_order(hats.healpix29(*rpos), ORDER)
+    pair("border_partition", 2, lpos, rpos, 102)
+    # At dec 60, RA 0 is a base-pixel border; opposite sides of a pole are in different base pixels.
+    for name, thing_id, lpos, rpos in (("ra_wrap", 3, (360.0 - 0.8 * ARCSEC, 60.0), (0.8 * ARCSEC, 60.0)),
+                                       ("north_pole", 4, (10.0, 89.99985), (190.0, 89.99985)),
+                                       ("south_pole", 5, (100.0, -89.99985), (280.0, -89.99985))):
+        assert hats.pixel_at_order(hats.healpix29(*lpos), ORDER) != hats.pixel_at_order(hats.healpix29(*rpos), ORDER)
+        pair(name, thing_id, lpos, rpos, 100 + thing_id)
+    pair("dup_a", 6, (151.0, 31.0), _step(151.0, 31.0, 0.3), 106)
+    pair("dup_b", 6, (151.1, 31.0), _step(151.1, 31.0, -0.4), 107)
+    pair("inside", 7, (152.0, 30.0), _step(152.0, 30.0, north_arcsec=1.4999), 108)
+    # Ambiguous: the nearer of two candidates; tied candidates: the lower id.
+    left.append(("ambiguous", 8, 152.5, 30.0))
+    right += [(109, *_step(152.5, 30.0, north_arcsec=1.0)), (110, *_step(152.5, 30.0, east_arcsec=-0.5))]
+    expect["ambiguous"] = (110, astropy_sep_arcsec(152.5, 30.0, *right[-1][1:]), 2)
+    left.append(("tie", 9, 153.0, 0.0))
+    right += [(112, 153.0, 0.6 * ARCSEC), (111, 153.0, -0.6 * ARCSEC)]
+    expect["tie"] = (111, astropy_sep_arcsec(153.0, 0.0, 153.0, -0.6 * ARCSEC), 2)
+    # Unmatched: just outside the radius, an empty region, bad coordinates next to a right source.
+    left.append(("outside", 10, 152.0, 31.0))
+    right.append((113, *_step(152.0, 31.0, north_arcsec=1.5001)))
+    left += [("empty_region", 11, 200.0, -45.0), ("nan_ra", 12, np.nan, 30.0), ("dec_95", 13, 150.0, 95.0)]
+    expect.update(dict.fromkeys(["outside", "empty_region", "nan_ra", "dec_95"], (None, None, 0)))
+    return left, right, expect
+
+
+def _write_edge_catalogs(workdir):
+    left, right, expect = _edge_cases()
+    names, thing_id, ra, dec = (list(c) for c in zip(*left, strict=True))
+    # A bad row keeps a valid _healpix_29 (HATS needs one): that of a position with a right source.
+    h29 = hats.healpix29(np.where(np.isfinite(ra) & (np.abs(dec) <= 90), ra, 152.0),
+                         np.where(np.isfinite(ra) & (np.abs(dec) <= 90), dec, 31.0))
+    hats.write_hats_table(pa.table({"NAME": names, "THING_ID": np.array(thing_id, dtype=np.int64), "RA": ra,
+                                    "DEC": dec, "Z": np.arange(len(names), dtype=np.float64),
+                                    "_healpix_29": h29}),
+                          workdir / "catalogs" / "dr16q", order=ORDER, ra_col="RA", dec_col="DEC",
+                          catalog_name="dr16q")
+    obj_id, rra, rdec = (np.array(c) for c in zip(*right, strict=True))
+    _write_right(workdir, "sdss", obj_id, rra, rdec)
+    _write_right(workdir, "desi_ls", np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))  # empty catalog
+    return expect
+
+
+def _write_right(workdir, name, ids, ra_deg, dec_deg, drop=(), **override):
+    spec = REGISTRY.catalogs[name]
+    cols = {spec.id: ids.astype(np.int64), spec.ra: ra_deg, spec.dec: dec_deg}
+    for i, band in enumerate(REGISTRY.catalog_bands(name)):  # fluxes that tell which row they came from
+        cols[band.flux] = (ids + 0.1 * i).astype(np.float32)
+        cols[band.err] = np.full(len(ids), 1.0 + i, dtype=np.float32)
+    cols["_healpix_29"] = hats.healpix29(ra_deg, dec_deg)
+    cols.update(override)
+    table = pa.table({k: v for k, v in cols.items() if k not in drop})
+    hats.write_hats_table(table, workdir / "catalogs" / name, order=ORDER, ra_col=spec.ra, dec_col=spec.dec,
+                          catalog_name=name)
+
+
+@pytest.fixture(scope="module")
+def edge(spark, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("edge")
+    expect = _write_edge_catalogs(workdir)
+    summary = crossmatch_job.main(["--workdir", str(workdir)])
+    out = hats.read_hats(spark, workdir / "matched" / "dr16q").toPandas().set_index("NAME")
+    return workdir, expect, summary, out
+
+
+def test_edge_cases_exact_ids_and_separations(edge):
+    _, expect, summary, out = edge
+    assert summary["rows_in"] == summary["rows_out"] == len(out) == len(expect)
+    for name, (obj_id, sep, n) in expect.items():
+        row = out.loc[name]
+        assert row["sdss_n_candidates"] == n, name
+        if obj_id is None:
+            assert np.isnan(row["sdss_id"]) and np.isnan(row["sdss_sep_arcsec"]) and np.isnan(row["psfFlux_u"]), name
+        else:
+            assert row["sdss_id"] == obj_id, name
+            assert row["sdss_sep_arcsec"] == pytest.approx(sep, abs=1e-6), name
+            assert row["psfFlux_u"] == pytest.approx(obj_id) and row["psfFluxIvar_z"] == 5.0, name
+    assert out["desi_ls_n_candidates"].eq(0).all() and out["desi_ls_id"].isna().all()
+
+
+def test_edge_cases_flags_and_schema(edge):
+    workdir, _, summary, out = edge
+    flags = out["flags"].astype(int).to_dict()
+    assert all(f & Flag.NO_MATCH for f in flags.values())  # the desi_ls catalog is empty
+    assert {n for n in out.index if flags[n] & Flag.BAD_COORDS} == {"nan_ra", "dec_95"}
+    assert {n for n in out.index if flags[n] & Flag.DUPLICATE_ID} == {"dup_a", "dup_b"}
+    assert {n for n in out.index if flags[n] & Flag.AMBIGUOUS_MATCH} == {"ambiguous", "tie"}
+    assert summary["flags"]["BAD_COORDS"] == 2 and summary["flags"]["NO_MATCH"] == len(out)
+    assert summary["per_catalog"]["sdss"] == {"matched": 10, "unmatched": 4, "ambiguous": 2,
+                                              "match_rate": pytest.approx(10 / 14)}
+    sdss_bands = [c for b in REGISTRY.catalog_bands("sdss") for c in (b.flux, b.err)]
+    desi_bands = [c for b in REGISTRY.catalog_bands("desi_ls") for c in (b.flux, b.err)]
+    columns = hats.read_schema(workdir / "matched" / "dr16q").names
+    assert columns == ["NAME", "THING_ID", "RA", "DEC", "Z", "_healpix_29",
+                       "sdss_id", "sdss_sep_arcsec", "sdss_n_candidates", *sdss_bands,
+                       "desi_ls_id", "desi_ls_sep_arcsec", "desi_ls_n_candidates", *desi_bands, "flags"]
+    schema = hats.read_schema(workdir / "matched" / "dr16q")
+    assert [str(schema.field(c).type) for c in ("sdss_id", "sdss_sep_arcsec", "sdss_n_candidates", "flags")] == \
+        ["int64", "double", "int32", "int32"]
+    props = hats.read_properties(workdir / "matched" / "dr16q")
+    assert props["hats_order"] == str(ORDER) and props["photoz_crossmatch_join_order"] == str(JOIN_ORDER)
+    assert props["photoz_crossmatch_right"] == "sdss desi_ls" and props["photoz_crossmatch_radius_arcsec"] == "1.5"
+
+
+def test_k2_gives_one_row_per_rank_and_rerun_replaces(spark, edge, tmp_path):
+    edge_workdir, expect, summary, _ = edge
+    workdir = tmp_path / "workdir"
+    shutil.copytree(edge_workdir, workdir)  # with the k=1 output, which this run must replace
+    # desi_ls now has one source: beside the ambiguous row, so its rank 2 row has desi_ls nulls.
+    _write_right(workdir, "desi_ls", np.array([900]), *(np.array([c]) for c in _step(152.5, 30.0, 0.2)))
+    k2 = crossmatch_job.main(["--workdir", str(workdir), "crossmatch.k=2"])
+    out = hats.read_hats(spark, workdir / "matched" / "dr16q").toPandas()
+    assert k2["rows_in"] == len(expect) and k2["rows_out"] == len(out) == len(expect) + 2
+    assert hats.read_properties(workdir / "matched" / "dr16q")["photoz_crossmatch_k"] == "2"
+    assert not list(workdir.glob(".crossmatch-staging-*")) and not list((workdir / "matched").glob(".*"))
+    amb = out[out.NAME == "ambiguous"].sort_values("sdss_rank")
+    assert amb.sdss_id.tolist() == [110, 109] and amb.sdss_rank.tolist() == [1, 2]
+    np.testing.assert_allclose(amb.sdss_sep_arcsec, [expect["ambiguous"][1], 1.0], atol=1e-6)
+    assert amb.sdss_n_candidates.tolist() == [2, 2] and amb.desi_ls_n_candidates.tolist() == [1, 1]
+    assert amb.desi_ls_id.tolist()[0] == 900 and np.isnan(amb.desi_ls_id.tolist()[1])
+    assert amb.desi_ls_rank.tolist()[0] == 1 and np.isnan(amb.desi_ls_rank.tolist()[1])
+    assert (amb["flags"].to_numpy() & int(Flag.NO_MATCH)).tolist() == [0, 0]
+    assert out[out.NAME == "tie"].sort_values("sdss_rank").sdss_id.tolist() == [111, 112]
+    assert out[out.NAME == "outside"].sdss_rank.isna().all()
+    assert k2["per_catalog"]["sdss"] == summary["per_catalog"]["sdss"]
+    assert k2["per_catalog"]["desi_ls"]["matched"] == 1 and k2["flags"]["NO_MATCH"] == len(expect) - 1
+
+
+# --- the simulated sky -----------------------------------------------------------------------
+
+SKY = ["sim.footprint.radius_deg=0.3", "sim.quasars.density_deg2=600", "sim.field.galaxy_density_deg2=8000",
+       "sim.field.star_density_deg2=1000", "sim.figure=false"]
+
+
+@pytest.fixture(scope="module")
+def sky(spark, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sky")
+    simulate_sky.main(["--workdir", str(workdir), *SKY])
+    summary = crossmatch_job.main(["--workdir", str(workdir)])
+    return workdir, summary
+
+
+def _chord(arcsec):
+    return 2 * np.sin(np.radians(arcsec * ARCSEC) / 2)
+
+
+def _read(spark, path, columns):
+    pdf = hats.read_hats(spark, path).select(*columns).toPandas()
+    return {c: pdf[c].to_numpy() for c in columns}
+
+
+def test_matches_agree_with_brute_force_and_truth(spark, sky):
+    workdir, summary = sky
+    out = _read(spark, workdir / "matched" / "dr16q",
+                ["THING_ID", "RA", "DEC", "flags", "sdss_id", "sdss_n_candidates", "desi_ls_id", "desi_ls_n_candidates"])
+    truth = _read(spark, workdir / "truth" / "sky", ["THING_ID", "sdss_objID", "LS_ID"])
+    n = len(out["THING_ID"])
+    assert summary["rows_in"] == summary["rows_out"] == n > 300
+    assert sorted(out["THING_ID"]) == sorted(truth["THING_ID"])
+    truth_row = {t: i for i, t in enumerate(truth["THING_ID"])}
+    order = np.array([truth_row[t] for t in out["THING_ID"]])
+    left_xyz = geometry.unit_vectors(out["RA"], out["DEC"])
+    confused = np.zeros(n, dtype=bool)
+    for name, truth_id in (("sdss", "sdss_objID"), ("desi_ls", "LS_ID")):
+        spec = REGISTRY.catalogs[name]
+        right = _read(spark, workdir / "catalogs" / name, [spec.id, spec.ra, spec.dec])
+        tree = cKDTree(geometry.unit_vectors(right[spec.ra], right[spec.dec]))
+        # Brute force (a k-d tree): candidates within 1.5" and the nearest one, for every row.
+        counts = np.array([len(c) for c in tree.query_ball_point(left_xyz, _chord(1.5))])
+        np.testing.assert_array_equal(out[f"{name}_n_candidates"], counts)
+        _, nearest = tree.query(left_xyz)
+        matched = out[f"{name}_n_candidates"] > 0
+        np.testing.assert_array_equal(out[f"{name}_id"][matched], right[spec.id][nearest[matched]])
+        # Against the truth, for quasars whose counterpart has no other source within 3".
+        true_id = truth[truth_id][order]
+        sorter = np.argsort(right[spec.id])
+        true_xyz = tree.data[sorter[np.searchsorted(right[spec.id], true_id, sorter=sorter)]]
+        isolated = np.array([len(c) for c in tree.query_ball_point(true_xyz, _chord(3.0))]) == 1
+        correct = out[f"{name}_id"] == true_id
+        completeness = correct[isolated].mean()
+        purity = correct[isolated & matched].sum() / (isolated & matched).sum()
+        assert completeness >= 0.999 and purity >= 0.999, (name, completeness, purity)
+        confused |= counts > 1
+        assert summary["per_catalog"][name]["ambiguous"] == (counts > 1).sum()
+    # Confusion: another source within the radius; the seed gives a few, and all are flagged.
+    assert confused.sum() >= 1
+    np.testing.assert_array_equal((out["flags"] & Flag.AMBIGUOUS_MATCH) > 0, confused)
+
+
+# --- refused settings and catalogs -----------------------------------------------------------
+
+def _refused(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        crossmatch_job.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("crossmatch.left=gaia", "crossmatch.left: unknown catalog 'gaia'; allowed: dr16q, sdss, desi_ls, lsst"),
+    ("crossmatch.right=[sdss,gaia]", "unknown catalog(s) ['gaia']; allowed: dr16q, sdss, desi_ls, lsst"),
+    ("crossmatch.right=[]", "crossmatch.right must list at least one catalog"),
+    ("crossmatch.right=[dr16q]", "must not include the left catalog"),
+    ("crossmatch.radius_arcsec=0", "crossmatch.radius_arcsec must be > 0"),
+    ("crossmatch.radius_arcsec=-1.5", "crossmatch.radius_arcsec must be > 0"),
+    ("crossmatch.radius_arcsec=100000", "too large for a pixel join"),
+    ("crossmatch.k=0", "crossmatch.k must be >= 1"),
+    ("crossmatch.k=1.5", "expected int"),
+    ("crossmatch.join_order=14", "join_order=14 is too fine"),
+    ("crossmatch.join_order=fine", "crossmatch.join_order must be auto or a HEALPix order"),
+    ("crossmatch.output_order=30", "crossmatch.output_order must be empty"),
+    ("crossmatch.run=../x", "crossmatch.run must be a folder name"),
+])
+def test_bad_settings_refused_with_one_line(tmp_path, capsys, override, message):
+    assert message in _refused(["--workdir", str(tmp_path), override], capsys)
+    assert not (tmp_path / "matched").exists()
+
+
+def _catalogs(workdir, left_extra=None, **sdss):
+    ra, dec = np.array([150.0, 150.001]), np.array([30.0, 30.0])
+    columns = {"THING_ID": np.array([1, 2]), "RA": ra, "DEC": dec, **(left_extra or {}),
+               "_healpix_29": hats.healpix29(ra, dec)}
+    hats.write_hats_table(pa.table(columns), workdir / "catalogs" / "dr16q", order=ORDER, ra_col="RA",
+                          dec_col="DEC", catalog_name="dr16q")
+    _write_right(workdir, "sdss", np.array([5, 6]), ra, dec, **sdss)
+
+
+def test_missing_catalog_named_with_its_path(tmp_path, capsys):
+    _catalogs(tmp_path)
+    err = _refused(["--workdir", str(tmp_path)], capsys)
+    assert "catalog 'desi_ls'" in err and str(tmp_path / "catalogs" / "desi_ls") in err
+
+
+@pytest.mark.parametrize("left_extra, sdss, message", [
+    (None, {"drop": ["psfFluxIvar_g"]}, "catalog 'sdss' ("),
+    (None, {"drop": ["psfFluxIvar_g"]}, "has no column 'psfFluxIvar_g'"),
+    (None, {"ra": np.array(["150", "150.001"])}, "column 'ra' must be floating point (degrees), got string"),
+    (None, {"psfFlux_r": np.array(["a", "b"])}, "column 'psfFlux_r' must be numeric"),
+    ({"THING_ID": np.array([1.0, 2.0])}, {}, "column 'THING_ID' must be an integer or string id"),
+    ({"sdss_id": np.array([1, 2])}, {}, "output column 'sdss_id' from right catalog 'sdss' would collide"),
+    ({"psfFlux_u": np.array([1, 2])}, {}, "output column 'psfFlux_u' from right catalog 'sdss' would collide"),
+    (None, {"_xm_row": np.array([1, 2])}, "the prefix '_xm_' is reserved"),
+])
+def test_bad_catalogs_refused_before_any_work(tmp_path, capsys, left_extra, sdss, message):
+    _catalogs(tmp_path, left_extra, **sdss)
+    assert message in _refused(["--workdir", str(tmp_path), "crossmatch.right=[sdss]"], capsys)
+    assert not (tmp_path / "matched").exists()

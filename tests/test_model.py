@@ -1,0 +1,123 @@
+"""Mixture maths against scipy and numerical integration; the network; the training loop."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from photoz_spark.model import BiLSTMMDN, ModelConfig, mdn, mixture
+from photoz_spark.train.loop import TrainSettings, train
+
+W = torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64)
+MU = torch.tensor([[0.5, 2.0, 2.6]], dtype=torch.float64)
+SIGMA = torch.tensor([[0.1, 0.3, 0.2]], dtype=torch.float64)
+
+
+def scipy_cdf(x):
+    return sum(w * stats.norm.cdf(x, m, s) for w, m, s in zip(W[0].numpy(), MU[0].numpy(), SIGMA[0].numpy()))
+
+
+def test_nll_matches_scipy_and_is_stable():
+    y = torch.tensor([1.7], dtype=torch.float64)
+    pdf = sum(w * stats.norm.pdf(1.7, m, s) for w, m, s in zip(W[0].numpy(), MU[0].numpy(), SIGMA[0].numpy()))
+    assert float(mdn.nll(torch.log(W), MU, SIGMA, y)) == pytest.approx(-np.log(pdf), rel=1e-12)
+    far = mdn.nll(torch.log(W), MU, SIGMA, torch.tensor([80.0], dtype=torch.float64))
+    assert torch.isfinite(far) and float(far) > 1e4  # logsumexp: no underflow to inf
+
+
+def test_mean_std_cdf_quantiles_pit():
+    mean = float((W * MU).sum())
+    var = float((W * (SIGMA ** 2 + MU ** 2)).sum()) - mean ** 2
+    assert float(mdn.mean(W, MU)) == pytest.approx(mean)
+    assert float(mdn.std(W, MU, SIGMA)) == pytest.approx(np.sqrt(var))
+    assert float(mdn.cdf(W, MU, SIGMA, torch.tensor([1.9], dtype=torch.float64))) == pytest.approx(scipy_cdf(1.9))
+    for q in (0.025, 0.16, 0.5, 0.84, 0.975):
+        zq = float(mdn.quantile(W, MU, SIGMA, q))
+        assert scipy_cdf(zq) == pytest.approx(q, abs=1e-9)
+    assert float(mdn.pit(W, MU, SIGMA, mdn.median(W, MU, SIGMA))) == pytest.approx(0.5, abs=1e-9)
+    grid = torch.linspace(0, 4, 9, dtype=torch.float64)
+    np.testing.assert_allclose(mdn.cdf_grid(W, MU, SIGMA, grid)[0].numpy(), scipy_cdf(grid.numpy()), atol=1e-12)
+
+
+def test_mode_is_the_highest_peak():
+    # The heaviest component (mu = 2.0) is wide; the narrow one at 2.6 has the higher peak.
+    xs = np.linspace(0, 4, 400001)
+    pdf = sum(w * stats.norm.pdf(xs, m, s) for w, m, s in zip(W[0].numpy(), MU[0].numpy(), SIGMA[0].numpy()))
+    assert float(mdn.mode(W, MU, SIGMA)) == pytest.approx(xs[pdf.argmax()], abs=1e-3)
+
+
+def test_crps_closed_form_matches_integral():
+    for y in (0.4, 1.9, 3.5):
+        numeric = integrate.quad(lambda x, y=y: (scipy_cdf(x) - (x >= y)) ** 2, -5, 10, points=[y], limit=400)[0]
+        closed = float(mdn.crps(W, MU, SIGMA, torch.tensor([y], dtype=torch.float64)))
+        assert closed == pytest.approx(numeric, rel=1e-6)
+    # A single Gaussian: the textbook formula.
+    s, y = 0.3, 1.2
+    x = y / s
+    expected = s * (x * (2 * stats.norm.cdf(x) - 1) + 2 * stats.norm.pdf(x) - 1 / np.sqrt(np.pi))
+    one = torch.ones(1, 1, dtype=torch.float64)
+    assert float(mdn.crps(one, 0 * one, s * one, torch.tensor([y], dtype=torch.float64))) == pytest.approx(expected)
+
+
+def test_network_shapes_and_mask_channel():
+    torch.manual_seed(0)
+    model = BiLSTMMDN(ModelConfig(n_steps=14)).eval()
+    feats, observed = torch.randn(5, 28), torch.ones(5, 14, dtype=torch.bool)
+    logits, mu, sigma = model(feats, observed)
+    assert logits.shape == mu.shape == sigma.shape == (5, 15)
+    w, _, _ = mixture(logits, mu, sigma)
+    torch.testing.assert_close(w.sum(-1), torch.ones(5))
+    assert (sigma > 0).all()
+    observed[:, :2] = False  # GALEX missing: the mask channel must change the prediction
+    assert not torch.allclose(model(feats, observed)[1], mu)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 250_000 < n_params < 400_000  # 128/64 per direction, K = 15
+
+
+def _toy(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.rand(n, generator=g) * 4
+    t = torch.arange(6.0)
+    flux = torch.sin(z[:, None] * (0.7 + 0.1 * t) + t) + 0.05 * torch.randn(n, 6, generator=g)
+    feats = torch.stack([flux, torch.full_like(flux, 0.05)], -1).reshape(n, 12)
+    return feats, torch.ones(n, 6, dtype=torch.bool), z
+
+
+def _fit(tmp_path=None, max_epochs=6, patience=20, name="ckpt.pt"):
+    torch.manual_seed(0)
+    model = BiLSTMMDN(ModelConfig(n_steps=6, hidden1=16, hidden2=8, dense=16, n_components=3))
+    data, val = _toy(512, 0), _toy(256, 1)
+
+    def batches(epoch):
+        order = torch.randperm(512, generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, 512, 64):
+            idx = order[i:i + 64]
+            yield data[0][idx], data[1][idx], data[2][idx]
+
+    settings = TrainSettings(max_epochs=max_epochs, lr=3e-3, lr_step_epochs=3, lr_gamma=0.5, patience=patience)
+    ckpt = tmp_path / name if tmp_path else None
+    return model, train(model, batches, lambda: [val], settings, checkpoint=ckpt)
+
+
+def test_training_reduces_loss_and_decays_lr():
+    _, result = _fit()
+    losses = [r["val_loss"] for r in result.history]
+    assert losses[-1] < losses[0] - 0.3
+    assert [r["lr"] for r in result.history][:4] == pytest.approx([3e-3, 3e-3, 1.5e-3, 1.5e-3])
+    assert result.best_val_loss == min(losses)
+
+
+def test_early_stopping_restores_best_weights():
+    model, result = _fit(max_epochs=40, patience=2)
+    assert result.stopped_early and result.epochs_run < 40
+    assert result.epochs_run - 1 - result.best_epoch == 2
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, result.best_state[key])
+
+
+def test_resume_after_kill_equals_unbroken_run(tmp_path):
+    _, unbroken = _fit(max_epochs=5)
+    _fit(tmp_path, max_epochs=3)            # "killed" after epoch 3: its checkpoint remains
+    _, resumed = _fit(tmp_path, max_epochs=5)
+    assert len(resumed.history) == 5
+    assert [r["val_loss"] for r in resumed.history] == pytest.approx([r["val_loss"] for r in unbroken.history])

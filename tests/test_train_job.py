@@ -1,0 +1,196 @@
+"""jobs/train.py: TorchDistributor training, MLflow logging, registry promotion, resume, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from photoz_spark import PROJECT_DIR, hats
+from photoz_spark.bands import load_bands
+
+sys.path.insert(0, str(PROJECT_DIR / "jobs"))
+import build_features
+import train as train_job
+
+REG = load_bands()
+SMALL_MODEL = ["model.hidden1=16", "model.hidden2=8", "model.dense=16", "model.n_components=3",
+               "train.batch_size=64", "train.max_epochs=3", "train.band_set=sdss_wise9"]
+
+
+def matched_from_redshift(n: int, seed: int) -> pa.Table:
+    """A matched table whose fluxes carry the redshift (a smooth SED through the bands)."""
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(0.2, 4.0, n)
+    ra, dec = rng.uniform(150, 152, n), rng.uniform(1, 3, n)
+    cols = {"THING_ID": np.arange(n, dtype=np.int64) + 1000, "RA": ra, "DEC": dec, "Z": z,
+            "ZWARNING": np.zeros(n, np.int32), "SDSS_NAME": [f"J{i:06d}" for i in range(n)],
+            "flags": np.zeros(n, np.int32), "_healpix_29": hats.healpix29(ra, dec)}
+    for t, band in enumerate(REG.bands.values()):
+        level = 10 * (1.5 + np.sin(z * (0.5 + 0.07 * t) + 0.4 * t)) * rng.lognormal(0, 0.05, n)
+        cols[band.flux] = level.astype(np.float32)
+        err = np.full(n, 0.5, np.float32)
+        cols[band.err] = (1 / err ** 2 if band.err_kind == "ivar" else err).astype(np.float32)
+    return pa.table(cols)
+
+
+@pytest.fixture(scope="module")
+def workdir(spark, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("train")
+    hats.write_hats_table(matched_from_redshift(3000, 0), wd / "matched" / "dr16q", order=5, ra_col="RA",
+                          dec_col="DEC", catalog_name="dr16q")
+    build_features.main(["--workdir", str(wd), "--band-set", "sdss_wise9"])
+    return wd
+
+
+@pytest.fixture(scope="module")
+def first(workdir):
+    return train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.lr=0.01"])
+
+
+def test_trains_logs_and_registers_champion(first, workdir):
+    assert first["epochs"] == 3 and first["distributed"]["local_mode"] and not first["distributed"]["use_gpu"]
+    assert first["promotion"]["version"] == 1 and first["promotion"]["promoted"]
+    m = first["metrics"]
+    assert m["val_sigma_nmad"] < 0.5 and 0 < m["val_crps"] < 1.0
+    assert set(m) >= {f"{p}_{k}" for p in ("val", "test") for k in ("sigma_nmad", "f_out", "bias", "mse", "mae", "crps")}
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(first["tracking_uri"])
+    client = MlflowClient()
+    run = client.get_run(first["run_id"])
+    assert run.data.params["train.band_set"] == "sdss_wise9"
+    assert len(client.get_metric_history(first["run_id"], "val_nll")) == 3
+    assert int(client.get_model_version_by_alias("photoz-lstm-mdn", "champion").version) == 1
+    assert not (workdir / "train" / "photoz-lstm-mdn").exists(), "checkpoints are removed after registration"
+
+
+def test_registered_model_predicts_from_raw_columns(first, workdir):
+    import mlflow
+
+    from photoz_spark.registry import download_model
+    from photoz_spark.serving import PhotozModel
+
+    mlflow.set_tracking_uri(first["tracking_uri"])
+    raw = matched_from_redshift(200, 7)
+    model = PhotozModel(download_model("models:/photoz-lstm-mdn@champion"))
+    assert model.meta["layout"]["band_set"] == "sdss_wise9" and len(model.meta["stats"]["mean"]) == 9
+    pred = model.predict_table(raw)
+    assert len(pred) == 200 and np.isfinite(pred.z_phot_mean).all() and (pred.z_phot_std > 0).all()
+    pyfunc = mlflow.pyfunc.load_model("models:/photoz-lstm-mdn@champion")
+    columns = [c for b in REG.band_set("sdss_wise9").bands for c in (b.flux, b.err)]
+    same = pyfunc.predict(raw.select(columns).to_pandas())
+    np.testing.assert_allclose(same["z_phot_mean"], pred.z_phot_mean, rtol=1e-5)
+
+
+def test_worse_model_is_registered_but_not_promoted(first, workdir):
+    worse = train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.max_epochs=1", "train.lr=1e-6"])
+    assert worse["promotion"]["version"] == 2 and not worse["promotion"]["promoted"]
+    assert "not promoted" in worse["promotion"]["message"]
+    assert worse["promotion"]["champion_version"] == 1
+
+
+def test_killed_run_resumes_from_checkpoint(first, workdir):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, str(PROJECT_DIR / "jobs" / "train.py"), "--workdir", str(workdir), *SMALL_MODEL,
+            "train.max_epochs=40", "train.patience=100", "train.model_name=resumable"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    history = workdir / "train" / "resumable" / "history.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not history.is_file() or len(history.read_text().splitlines()) < 2):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the job and its ranks, mid-training
+    proc.wait()
+    done = len(history.read_text().splitlines())
+    assert 2 <= done < 40
+    resumed = train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.max_epochs=6", "train.patience=100",
+                              "train.model_name=resumable"])
+    assert resumed["resumed"] and resumed["epochs"] == 6 and resumed["promotion"]["version"] == 1
+
+
+def test_failed_rank_fails_the_job(spark, tmp_path):
+    from photoz_spark.train.run import run_distributed
+
+    cfg = {"num_processes": 2, "use_gpu": False, "resume": False, "max_epochs": 1, "batch_size": 8, "seed": 0}
+    with pytest.raises(RuntimeError, match="did not finish"):
+        run_distributed(spark, tmp_path / "no-features", tmp_path, cfg, {"n_steps": 2})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--band-set", "optical8"], "no features at"),
+    (["train.batch_size=5000"], "too few for 2 ranks at batch 5000"),
+    (["train.backend=tfrecord"], "train.backend must be arrow or petastorm"),
+    (["--band-set", "nope"], "unknown band set 'nope'"),
+])
+def test_bad_input_refused_before_training(workdir, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        train_job.main(["--workdir", str(workdir), *SMALL_MODEL, *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_layout_mismatch_refused(workdir, capsys):
+    shutil.copytree(workdir / "features" / "sdss_wise9", workdir / "features" / "optical8", dirs_exist_ok=True)
+    try:
+        with pytest.raises(SystemExit):
+            train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "--band-set", "optical8"])
+        assert "built for band set 'sdss_wise9', not 'optical8'" in capsys.readouterr().err
+    finally:
+        shutil.rmtree(workdir / "features" / "optical8")
+
+
+def test_unreachable_tracking_server_refused(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.raises(SystemExit):
+        train_job.main(["--workdir", str(workdir), *SMALL_MODEL])
+    assert "does not answer" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen([str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                             "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail("mlflow server did not start")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_registry_on_a_real_mlflow_server(workdir, mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    out = train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.max_epochs=1",
+                          "train.model_name=served"])
+    assert out["tracking_uri"] == mlflow_server and out["promotion"]["promoted"]
+    with urllib.request.urlopen(f"{mlflow_server}/api/2.0/mlflow/registered-models/alias"
+                                f"?name=served&alias=champion", timeout=10) as response:
+        assert json.load(response)["model_version"]["version"] == "1"
