@@ -18,30 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "jobs"))
 
 from photoz_spark import hats
-from photoz_spark.bands import load_bands
-
-
-def synthetic_matched(n: int, seed: int = 0) -> pa.Table:
-    """A matched table whose fluxes follow a smooth function of z through every band."""
-    reg = load_bands()
-    rng = np.random.default_rng(seed)
-    z = rng.uniform(0.2, 4.0, n)
-    ra, dec = rng.uniform(150, 160, n), rng.uniform(0, 10, n)
-    cols = {"THING_ID": np.arange(n, dtype=np.int64), "RA": ra, "DEC": dec, "Z": z,
-            "ZWARNING": np.zeros(n, np.int32), "flags": np.zeros(n, np.int32), "_healpix_29": hats.healpix29(ra, dec)}
-    for t, band in enumerate(reg.bands.values()):
-        cols[band.flux] = (10 * (1.5 + np.sin(z * (0.5 + 0.07 * t) + 0.4 * t)) * rng.lognormal(0, 0.05, n)).astype(np.float32)
-        err = np.full(n, 0.5, np.float32)
-        cols[band.err] = (1 / err ** 2 if band.err_kind == "ivar" else err).astype(np.float32)
-    return pa.table(cols)
+from photoz_spark.toy import toy_matched_table
 
 
 def raw_loop(features_dir: Path, epochs: int, batch: int) -> float:
@@ -73,8 +55,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         wd = Path(tmp)
-        hats.write_hats_table(synthetic_matched(args.rows), wd / "matched" / "dr16q", order=4, ra_col="RA",
-                              dec_col="DEC", catalog_name="dr16q")
+        table = toy_matched_table(args.rows, ra_range=(150, 160), dec_range=(0, 10))
+        hats.write_hats_table(table, wd / "matched" / "dr16q", order=4, ra_col="RA", dec_col="DEC",
+                              catalog_name="dr16q")
         build_features.main(["--workdir", tmp, "--band-set", args.band_set])
         raw = raw_loop(wd / "features" / args.band_set, args.epochs, 128)
         t0 = time.perf_counter()

@@ -1,6 +1,10 @@
 """photoz-spark: survey-scale photometric redshifts (LSTM-MDNz) on Apache Spark."""
 
+import os
 from pathlib import Path
+
+# MLflow would otherwise send usage telemetry; nothing here may reach the network uninvited.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 __version__ = "0.1.0"
 

@@ -15,8 +15,6 @@ CHAMPION = "champion"
 SELECTION_METRIC = "val_crps"   # lower is better
 PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "pyyaml"]
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
 
 def tracking_uri(config: dict, workdir) -> str:
     """MLFLOW_TRACKING_URI if set, else config ``mlflow.tracking_uri``, else SQLite in the workdir."""

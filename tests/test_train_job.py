@@ -17,6 +17,7 @@ import pytest
 
 from photoz_spark import PROJECT_DIR, hats
 from photoz_spark.bands import load_bands
+from photoz_spark.toy import toy_matched_table
 
 sys.path.insert(0, str(PROJECT_DIR / "jobs"))
 import build_features
@@ -28,19 +29,7 @@ SMALL_MODEL = ["model.hidden1=16", "model.hidden2=8", "model.dense=16", "model.n
 
 
 def matched_from_redshift(n: int, seed: int) -> pa.Table:
-    """A matched table whose fluxes carry the redshift (a smooth SED through the bands)."""
-    rng = np.random.default_rng(seed)
-    z = rng.uniform(0.2, 4.0, n)
-    ra, dec = rng.uniform(150, 152, n), rng.uniform(1, 3, n)
-    cols = {"THING_ID": np.arange(n, dtype=np.int64) + 1000, "RA": ra, "DEC": dec, "Z": z,
-            "ZWARNING": np.zeros(n, np.int32), "SDSS_NAME": [f"J{i:06d}" for i in range(n)],
-            "flags": np.zeros(n, np.int32), "_healpix_29": hats.healpix29(ra, dec)}
-    for t, band in enumerate(REG.bands.values()):
-        level = 10 * (1.5 + np.sin(z * (0.5 + 0.07 * t) + 0.4 * t)) * rng.lognormal(0, 0.05, n)
-        cols[band.flux] = level.astype(np.float32)
-        err = np.full(n, 0.5, np.float32)
-        cols[band.err] = (1 / err ** 2 if band.err_kind == "ivar" else err).astype(np.float32)
-    return pa.table(cols)
+    return toy_matched_table(n, seed)
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,8 @@ def check_finite(data, split: str) -> None:
                          "rebuild the features")
 
 
-def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_gpu: bool, feed=None) -> dict:
+def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_gpu: bool, feed=None,
+               tracking: dict | None = None) -> dict:
     """One DDP rank (run by TorchDistributor): train on this rank's shard; rank 0 saves the best weights.
 
     ``feed``: a feeding.Feed made on the driver (PetastormFeed); None reads ``features_dir`` with ArrowFeed.
@@ -84,12 +85,21 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
     settings = settings_from(cfg)
     model = BiLSTMMDN(ModelConfig(**model_cfg))
 
+    client = None
+    if rank == 0 and tracking:  # per-epoch metrics go to the run live, from rank 0
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(tracking["uri"])
+
     def on_epoch(record):
         if rank == 0:
             line = {k: record[k] for k in ("epoch", "train_loss", "val_loss", "lr", "samples_per_s")}
             line["samples_per_s"] *= world
             with open(out / "history.jsonl", "a") as fh:
                 fh.write(json.dumps(line) + "\n")
+            if client is not None:
+                for key, name in (("train_loss", "train_nll"), ("val_loss", "val_nll"), ("lr", "lr"),
+                                  ("samples_per_s", "samples_per_s")):
+                    client.log_metric(tracking["run_id"], name, line[key], step=line["epoch"])
             print(f"epoch {record['epoch']:4d}  train NLL {record['train_loss']:8.4f}  val NLL {record['val_loss']:8.4f}"
                   f"  lr {record['lr']:.1e}  {line['samples_per_s']:9,.0f} samples/s", flush=True)
 
@@ -118,7 +128,8 @@ def gpus_available(spark, local_mode: bool) -> bool:
     return float(amount) > 0
 
 
-def run_distributed(spark, features_dir: Path, out_dir: Path, cfg: dict, model_cfg: dict, feed=None) -> dict:
+def run_distributed(spark, features_dir: Path, out_dir: Path, cfg: dict, model_cfg: dict, feed=None,
+                    tracking: dict | None = None) -> dict:
     """Start the ranks with TorchDistributor and make sure each of them finished (``feed``: see train_rank)."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
@@ -129,7 +140,7 @@ def run_distributed(spark, features_dir: Path, out_dir: Path, cfg: dict, model_c
     distributor = TorchDistributor(num_processes=cfg["num_processes"], local_mode=local_mode, use_gpu=use_gpu)
     error = None
     try:
-        result = distributor.run(train_rank, str(features_dir), str(out_dir), cfg, model_cfg, use_gpu, feed)
+        result = distributor.run(train_rank, str(features_dir), str(out_dir), cfg, model_cfg, use_gpu, feed, tracking)
     except Exception as err:  # noqa: BLE001 - reported below with which ranks failed
         result, error = None, err
     # Local mode may ignore a child's exit code: each rank proves it finished with a status file.
@@ -238,15 +249,13 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
                      if cfg["backend"] == "petastorm" else None)  # None: the ranks read with ArrowFeed
         t_train = time.time()
         try:
-            dist = run_distributed(spark, features_dir, out_dir, cfg, mcfg, rank_feed)
+            dist = run_distributed(spark, features_dir, out_dir, cfg, mcfg, rank_feed,
+                                   {"uri": uri, "run_id": run.info.run_id})
         finally:
             if rank_feed is not None:
                 rank_feed.delete()
         t_train = time.time() - t_train
         history = [json.loads(line) for line in (out_dir / "history.jsonl").read_text().splitlines()]
-        for rec in history:
-            mlflow.log_metrics({"train_nll": rec["train_loss"], "val_nll": rec["val_loss"], "lr": rec["lr"],
-                                "samples_per_s": rec["samples_per_s"]}, step=rec["epoch"])
         model = BiLSTMMDN(ModelConfig(**mcfg))
         model.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True))
         metrics, plots = {}, {}
