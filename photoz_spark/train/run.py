@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from photoz_spark.config import require
 from photoz_spark.model import ModelConfig
@@ -273,8 +274,8 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
                          {"model_config": mcfg, "layout": feed.layout, "stats": feed.stats, "metrics": metrics,
                           "trained": {"epochs_run": dist["epochs_run"], "best_epoch": dist["best_epoch"]}})
         sample = _signature_sample(registry, feed.layout)
-        model_uri = reg.log_model(model_dir, sample, PhotozModel(model_dir, registry).predict_table(
-            __import__("pyarrow").Table.from_pandas(sample, preserve_index=False)))
+        prediction = PhotozModel(model_dir, registry).predict_table(pa.Table.from_pandas(sample, preserve_index=False))
+        model_uri = reg.log_model(model_dir, sample, prediction)
         promotion = reg.register_and_promote(model_uri, cfg["model_name"], run.info.run_id, metrics["val_crps"])
         mlflow.set_tag("promotion", promotion["message"])
     clean_run_dir(out_dir)
