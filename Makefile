@@ -13,7 +13,7 @@ PETASTORM_TESTS ?= tests/test_petastorm.py tests/test_features.py tests/test_hat
 .PHONY: help venv demo test test-petastorm lint clean
 
 help:  ## list the targets
-	@echo "make demo   the pipeline on the simulated sky: simulate -> crossmatch -> features -> train (in WORKDIR)"
+	@echo "make demo   the pipeline on the simulated sky: simulate -> crossmatch -> features -> train -> score (in WORKDIR)"
 	@echo "make test   run the test suite"
 	@echo "make test-petastorm  build $(PETASTORM_VENV) (the petastorm stack) and run the tests that matter there"
 	@echo "make lint   ruff check"
@@ -51,6 +51,7 @@ demo: $(VENV)/.installed
 	$(PY) jobs/crossmatch.py --workdir $(WORKDIR)
 	$(PY) jobs/build_features.py --workdir $(WORKDIR)
 	$(PY) jobs/train.py --workdir $(WORKDIR) train.max_epochs=$(DEMO_EPOCHS)
+	$(PY) jobs/score_catalog.py --workdir $(WORKDIR)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

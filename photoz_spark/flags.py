@@ -22,6 +22,7 @@ class Flag(IntFlag):
     MISSING_BAND = 64      # at least one band of the band set is not observed
     BAD_REDSHIFT = 128     # z_spec NaN or outside the selected range
     ZWARNING = 256         # the spectroscopic pipeline flagged the redshift
+    NOT_SCORED = 512       # no band of the model's band set observed: z_phot_* are NaN (jobs/score_catalog.py)
 
 
 def count_flags(flags: np.ndarray) -> dict[str, int]:

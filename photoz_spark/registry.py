@@ -16,9 +16,15 @@ SELECTION_METRIC = "val_crps"   # lower is better
 PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "pyyaml"]
 
 
+# mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into the environment; remember what
+# we set so a later job in the same process does not mistake it for the user's choice.
+_SET_BY_US: set[str] = set()
+
+
 def tracking_uri(config: dict, workdir) -> str:
     """MLFLOW_TRACKING_URI if set, else config ``mlflow.tracking_uri``, else SQLite in the workdir."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or config["mlflow"]["tracking_uri"]
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = (env if env and env not in _SET_BY_US else None) or config["mlflow"]["tracking_uri"]
     if uri:
         return uri
     root = Path(workdir.mlflow).resolve()
@@ -35,8 +41,11 @@ def connect(uri: str, workdir, experiment: str) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    user_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if os.environ.get("MLFLOW_TRACKING_URI") != user_env:
+        _SET_BY_US.add(uri)
     if uri.startswith("http"):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")

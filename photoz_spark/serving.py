@@ -9,6 +9,7 @@ training standardisation statistics). The MLflow pyfunc wrapper and the scoring 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,16 +67,19 @@ class PhotozModel:
         })
 
 
-try:  # the MLflow pyfunc flavour, for `mlflow.pyfunc.load_model` and `mlflow models serve`
-    import mlflow.pyfunc
+with warnings.catch_warnings():  # mlflow.pyfunc asks for type hints on its own and our classes
+    warnings.simplefilter("ignore", UserWarning)
+    try:  # the MLflow pyfunc flavour, for `mlflow.pyfunc.load_model` and `mlflow models serve`
+        import mlflow.pyfunc
 
-    class PhotozPyfunc(mlflow.pyfunc.PythonModel):
-        """pyfunc wrapper: input = a DataFrame of the band set's native columns."""
+        class PhotozPyfunc(mlflow.pyfunc.PythonModel):
+            """pyfunc wrapper: input = a DataFrame of the band set's native columns."""
 
-        def load_context(self, context):
-            self.model = PhotozModel(Path(context.artifacts["model_dir"]))
+            def load_context(self, context):
+                self.model = PhotozModel(Path(context.artifacts["model_dir"]))
 
-        def predict(self, context, model_input, params=None):
-            return self.model.predict_table(pa.Table.from_pandas(pd.DataFrame(model_input), preserve_index=False))
-except ImportError:  # a GPU host with torch only
-    PhotozPyfunc = None
+            def predict(self, context, model_input, params=None):
+                table = pa.Table.from_pandas(pd.DataFrame(model_input), preserve_index=False)
+                return self.model.predict_table(table)
+    except ImportError:  # a GPU host with torch only
+        PhotozPyfunc = None

@@ -68,6 +68,45 @@ def quantile(w, mu, sigma, q: float, iterations: int = 60) -> torch.Tensor:
     return 0.5 * (lo + hi)
 
 
+def quantiles(w, mu, sigma, qs, iterations: int = 60) -> torch.Tensor:
+    """Several quantiles [N, Q] at once: one bisection over all (object, q) pairs.
+
+    Same bracket and iteration count as ``quantile``, so each column equals ``quantile(..., q)``
+    up to float rounding, at the cost of one pass instead of Q.
+    """
+    q = torch.as_tensor(qs, dtype=mu.dtype, device=mu.device)[None, :]
+    lo = (mu - 8.0 * sigma).min(-1).values[:, None].expand(-1, q.shape[1])
+    hi = (mu + 8.0 * sigma).max(-1).values[:, None].expand(-1, q.shape[1])
+    w3, mu3, inv3 = w[:, None, :], mu[:, None, :], (1.0 / sigma)[:, None, :]
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        below = (w3 * _normal_cdf((mid[:, :, None] - mu3) * inv3)).sum(-1) < q
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def mode_meanshift(w, mu, sigma, iterations: int = 30) -> torch.Tensor:
+    """The density's highest peak [N] without a grid: fixed-point (mean-shift) ascent from each
+    component mean, then the candidate with the highest density.
+
+    Every mode of a Gaussian mixture is reached from some component mean, so this finds the
+    global mode (to float precision, not a grid step) at O(N K^2 iterations) cost.
+    """
+    x = mu.clone()                                           # [N, K] candidates
+    prec = 1.0 / sigma ** 2
+    coef = (w / sigma)[:, None, :]                           # [N, 1, K]
+    for _ in range(iterations):
+        d = x[:, :, None] - mu[:, None, :]                   # [N, cand, K]
+        r = coef * torch.exp(-0.5 * d * d * prec[:, None, :])
+        num = (r * (mu * prec)[:, None, :]).sum(-1)
+        den = (r * prec[:, None, :]).sum(-1)
+        x = torch.where(den > 0, num / den.clamp_min(1e-30), x)
+    d = x[:, :, None] - mu[:, None, :]
+    density = (coef * torch.exp(-0.5 * d * d * prec[:, None, :])).sum(-1)
+    return x.gather(1, density.argmax(-1, keepdim=True))[:, 0]
+
+
 def median(w, mu, sigma) -> torch.Tensor:
     return quantile(w, mu, sigma, 0.5)
 

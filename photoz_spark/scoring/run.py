@@ -1,0 +1,220 @@
+"""Spark stage of jobs/score_catalog.py: resolve the model, validate the input, score, write.
+
+The model's files (weights + model.json bytes) are broadcast once; each Python worker builds
+the network once (``_MODELS``, keyed by model id) and scores its partitions with
+``kernel.score_batch`` in ``mapInArrow`` with one torch thread per task. The output is written
+with ``hats.write_hats`` through a job staging folder and committed at the end, so a killed run
+leaves no partial catalog at ``scores/<name>`` and a rerun replaces the earlier one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from photoz_spark import hats
+from photoz_spark.bands import Registry
+from photoz_spark.config import require
+from photoz_spark.features.sequencing import band_columns
+from photoz_spark.flags import FLAGS_COLUMN, Flag, count_flags
+from photoz_spark.serving import META_FILE, WEIGHTS_FILE
+
+_MODELS: dict = {}  # model id -> PhotozModel, one per Python worker process
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model's files as bytes (what is broadcast) and where it came from."""
+
+    name: str
+    version: str
+    uri: str
+    weights: bytes
+    meta: bytes
+
+    @property
+    def model_id(self) -> str:
+        return hashlib.sha256(self.weights + self.meta).hexdigest()[:16]
+
+    @classmethod
+    def from_dir(cls, directory: Path, name: str = "local", version: str = "0", uri: str = "") -> ModelFiles:
+        directory = Path(directory)
+        return cls(name, str(version), uri or str(directory), (directory / WEIGHTS_FILE).read_bytes(),
+                   (directory / META_FILE).read_bytes())
+
+
+def load_model(files: ModelFiles, bands_file: str | None = None):
+    """The PhotozModel of ``files``, built once per process."""
+    model = _MODELS.get(files.model_id)
+    if model is None:
+        from photoz_spark.bands import load_bands
+        from photoz_spark.serving import PhotozModel
+
+        tmp = Path(tempfile.mkdtemp(prefix="photoz-score-"))
+        try:
+            (tmp / WEIGHTS_FILE).write_bytes(files.weights)
+            (tmp / META_FILE).write_bytes(files.meta)
+            model = PhotozModel(tmp, load_bands(bands_file) if bands_file else None)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _MODELS[files.model_id] = model
+    return model
+
+
+def resolve_model(config: dict, workdir) -> tuple[ModelFiles, Path]:
+    """Download ``models:/<name>@<alias>`` (or ``/<version>``) from the registry.
+
+    Raises:
+        ConnectionError: the tracking server does not answer.
+        ValueError: no such model, alias or version.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from photoz_spark import registry as reg
+
+    cfg = config["score"]
+    uri = reg.tracking_uri(config, workdir)
+    reg.connect(uri, workdir, cfg["experiment"])
+    client = MlflowClient(uri, registry_uri=uri)
+    name, version = cfg["model_name"], str(cfg["version"] or "")
+    try:
+        if not version:
+            version = str(client.get_model_version_by_alias(name, cfg["alias"]).version)
+        client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as err:
+        what = f"version {version}" if cfg["version"] else f"alias '{cfg['alias']}'"
+        raise ValueError(f"model {name!r} {what} not found in the registry at {uri} "
+                         "(train one with jobs/train.py, or set score.model_name / score.version)") from err
+    model_uri = f"models:/{name}/{version}"
+    directory = reg.download_model(model_uri)
+    return ModelFiles.from_dir(directory, name, version, model_uri), directory
+
+
+@dataclass(frozen=True)
+class ScorePlan:
+    """What the stage reads and keeps: the input, its id/coordinate columns, the output."""
+
+    source: Path
+    name: str
+    id_col: str
+    ra_col: str
+    dec_col: str
+    order: int
+    keep: tuple[str, ...]
+    has_flags: bool
+
+
+def plan(cfg: dict, registry: Registry, workdir, band_set) -> ScorePlan:
+    """Check the input catalog before any Spark work; every missing column in one message.
+
+    Raises:
+        ValueError: bad setting, no catalog, or columns missing.
+    """
+    parts = Path(cfg["input"]).parts
+    require(len(parts) == 2 and parts[0] in ("catalogs", "matched"),
+            f"score.input must be catalogs/<name> or matched/<run>, got {cfg['input']!r}")
+    require(int(cfg["batch_size"]) >= 1, f"score.batch_size must be >= 1, got {cfg['batch_size']}")
+    source = Path(workdir.root) / cfg["input"]
+    if not (source / hats.PROPERTIES_FILE).is_file():
+        raise ValueError(f"input catalog not found: {source} (set score.input to catalogs/<name> or matched/<run>)")
+    props = hats.read_properties(source)
+    if parts[0] == "catalogs":
+        cat_name = parts[1] if parts[1] in registry.catalogs else props.get("obs_collection", "")
+    else:
+        cat_name = props.get("photoz_crossmatch_left") or cfg["left_catalog"]
+    require(cat_name in registry.catalogs,
+            f"{cfg['input']}: catalog {cat_name!r} is not under 'catalogs' of bands.yaml, so its id column is unknown")
+    cat = registry.catalogs[cat_name]
+    names = hats.read_schema(source).names
+    missing_bands = [c for c in band_columns(band_set) if c not in names]
+    missing_keys = [c for c in dict.fromkeys((cat.id, cat.ra, cat.dec, hats.HEALPIX_COLUMN)) if c not in names]
+    if missing_bands or missing_keys:
+        pieces = []
+        if missing_bands:
+            pieces.append(f"the model's band set {band_set.name!r} ({', '.join(band_set.names)}) needs "
+                          f"{', '.join(missing_bands)}")
+        if missing_keys:
+            pieces.append(f"the {cat_name} id/coordinate columns {', '.join(missing_keys)}")
+        raise ValueError(f"catalog {cfg['input']} ({source}) lacks columns: " + "; ".join(pieces))
+    return ScorePlan(source, cfg["output"] or parts[1], cat.id, cat.ra, cat.dec,
+                     int(props["hats_order"]), tuple(dict.fromkeys((cat.id, cat.ra, cat.dec, hats.HEALPIX_COLUMN))),
+                     FLAGS_COLUMN in names)
+
+
+def _scorer(files_bc, keep: tuple[str, ...], batch_size: int, bands_file: str | None):
+    def run(batches):
+        import torch
+
+        from photoz_spark.scoring.kernel import score_batch
+
+        torch.set_num_threads(1)
+        model = load_model(files_bc.value, bands_file)
+        for batch in batches:
+            for start in range(0, batch.num_rows, batch_size):
+                yield score_batch(model, batch.slice(start, batch_size), keep)
+    return run
+
+
+def score_dataframe(spark, df, files: ModelFiles, keep: tuple[str, ...], batch_size: int,
+                    bands_file: str | None = None):
+    """The scored DataFrame (lazy): ``df``'s ``keep`` columns plus the kernel's outputs."""
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    from photoz_spark.scoring.kernel import output_schema
+
+    schema = output_schema(to_arrow_schema(df.schema), keep)
+    files_bc = spark.sparkContext.broadcast(files)
+    return df.mapInArrow(_scorer(files_bc, keep, batch_size, bands_file), from_arrow_schema(schema))
+
+
+def score_catalog(spark, config: dict, registry: Registry, workdir, files: ModelFiles, band_set,
+                  bands_file: str | None = None) -> dict:
+    """Score ``score.input`` into ``scores/<name>``. Returns the job summary."""
+    from photoz_spark.staging import job_staging
+
+    t0 = time.time()
+    cfg = config["score"]
+    p = plan(cfg, registry, workdir, band_set)
+    rows_in = int(hats.read_properties(p.source)["hats_nrows"])
+    wanted = [*p.keep, *band_columns(band_set), *([FLAGS_COLUMN] if p.has_flags else [])]
+    df = hats.read_hats(spark, p.source).select(*dict.fromkeys(wanted))
+    scored = score_dataframe(spark, df, files, p.keep, int(cfg["batch_size"]), bands_file)
+    target = Path(workdir.scores) / p.name
+    props = {"photoz_model_name": files.name, "photoz_model_version": files.version, "photoz_model_uri": files.uri,
+             "photoz_score_input": cfg["input"], "photoz_score_band_set": band_set.name}
+    # Arrow batches of score.batch_size rows; input splits small enough (several per core) that
+    # the cores stay busy to the end instead of one task scoring a big last split alone.
+    settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(int(cfg["batch_size"])),
+                "spark.sql.files.minPartitionNum": str(4 * spark.sparkContext.defaultParallelism)}
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    with job_staging(workdir.root, "score") as stage:
+        staged = stage.output(p.name, target)
+        for key, value in settings.items():
+            spark.conf.set(key, value)
+        try:
+            written = hats.write_hats(scored, staged, order=p.order, ra_col=p.ra_col, dec_col=p.dec_col,
+                                      catalog_name=f"scores_{p.name}", extra_properties=props)
+        finally:
+            for key, value in previous.items():
+                if value is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, value)
+        if written["n_rows"] != rows_in:  # never commit an output that lost or gained rows
+            raise RuntimeError(f"scored {written['n_rows']} rows of {rows_in}: output not committed")
+        flags = pq.read_table(staged / hats.DATASET_DIR, columns=[FLAGS_COLUMN], partitioning=None)[FLAGS_COLUMN].to_numpy()
+        stage.commit()
+    seconds = time.time() - t0
+    return {"input": str(p.source), "output": str(target), "model_uri": files.uri, "band_set": band_set.name,
+            "rows_in": rows_in, "rows_out": written["n_rows"], "partitions": written["n_partitions"],
+            "flagged": count_flags(flags), "not_scored": int(np.count_nonzero(flags & Flag.NOT_SCORED)),
+            "seconds": seconds, "rows_per_s": rows_in / max(seconds, 1e-9)}
+

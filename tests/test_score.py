@@ -1,0 +1,184 @@
+"""jobs/score_catalog.py: output contract, bad photometry, missing columns, kill and rerun."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from photoz_spark import PROJECT_DIR, hats
+from photoz_spark.bands import load_bands
+from photoz_spark.flags import Flag
+from photoz_spark.toy import toy_matched_table
+
+sys.path.insert(0, str(PROJECT_DIR / "jobs"))
+import build_features
+import score_catalog
+import train as train_job
+
+REG = load_bands()
+BAND_SET = REG.band_set("sdss_wise9")
+SMALL_MODEL = ["model.hidden1=16", "model.hidden2=8", "model.dense=16", "model.n_components=3",
+               "train.batch_size=64", "train.max_epochs=2", "train.band_set=sdss_wise9", "train.lr=0.01"]
+K = 3
+N = 2000
+BAD = {"nan_flux": 0, "inf_flux": 1, "zero_ivar": 2, "negative_ivar": 3, "all_missing": 4}
+
+
+def write(table: pa.Table, path) -> None:
+    hats.write_hats_table(table, path, order=5, ra_col="RA", dec_col="DEC", catalog_name=path.name)
+
+
+def read(catalog, columns=None) -> pa.Table:
+    return pq.read_table(catalog / hats.DATASET_DIR, columns=columns, partitioning=None)
+
+
+def scoring_input(n: int, seed: int) -> pa.Table:
+    """A toy catalog with broken photometry in the first rows (see BAD)."""
+    table = toy_matched_table(n, seed)
+    cols = {name: table.column(name).to_numpy().copy() for name in table.column_names}
+    u, g = BAND_SET.bands[0], BAND_SET.bands[1]
+    cols[u.flux][BAD["nan_flux"]] = np.nan
+    cols[u.flux][BAD["inf_flux"]] = np.inf
+    cols[g.err][BAD["zero_ivar"]] = 0.0  # ivar 0: no measurement
+    cols[g.err][BAD["negative_ivar"]] = -1.0
+    for band in BAND_SET.bands:
+        cols[band.flux][BAD["all_missing"]] = np.nan
+    return pa.table(cols)
+
+
+@pytest.fixture(scope="module")
+def workdir(spark, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("score")
+    write(toy_matched_table(3000, 0), wd / "matched" / "dr16q")
+    build_features.main(["--workdir", str(wd), "--band-set", "sdss_wise9"])
+    trained = train_job.main(["--workdir", str(wd), *SMALL_MODEL])
+    import mlflow
+    mlflow.set_tracking_uri(trained["tracking_uri"])
+    write(scoring_input(N, 5), wd / "matched" / "toscore")
+    return wd
+
+
+@pytest.fixture(scope="module")
+def scored(workdir):
+    first = score_catalog.main(["--workdir", str(workdir), "--input", "matched/toscore"])
+    again = score_catalog.main(["--workdir", str(workdir), "--input", "matched/toscore"])  # rerun replaces
+    assert first["rows_out"] == again["rows_out"] == N
+    return again, read(workdir / "scores" / "toscore")
+
+
+@pytest.fixture(scope="module")
+def model(workdir):
+    from photoz_spark.registry import download_model
+    from photoz_spark.serving import PhotozModel
+
+    return PhotozModel(download_model("models:/photoz-lstm-mdn@champion"))
+
+
+def test_output_contract(scored, workdir, model):
+    _, out = scored
+    estimates = ["z_phot_mean", "z_phot_median", "z_phot_mode", "z_phot_std",
+                 "z_phot_l68", "z_phot_u68", "z_phot_l95", "z_phot_u95"]
+    assert out.column_names == ["THING_ID", "RA", "DEC", "_healpix_29", *estimates, "mixmod_weights",
+                                "mixmod_means", "mixmod_stds", "n_observed", "flags"]
+    assert all(out.schema.field(c).type == pa.float32() for c in estimates)
+    for c in ("mixmod_weights", "mixmod_means", "mixmod_stds"):
+        assert out.schema.field(c).type == pa.list_(pa.float32())
+        assert set(pc.list_value_length(out[c]).to_numpy()) == {K}
+    assert out.schema.field("n_observed").type == out.schema.field("flags").type == pa.int32()
+    assert out.num_rows == N and len(set(out["THING_ID"].to_pylist())) == N
+
+    source = read(workdir / "matched" / "toscore")
+    assert out["THING_ID"].to_pylist() == source["THING_ID"].to_pylist(), "same order as the input"
+    ok = ~np.isnan(out["z_phot_mean"].to_numpy())
+    q = {c: out[c].to_numpy()[ok] for c in estimates}
+    assert (q["z_phot_l95"] <= q["z_phot_l68"]).all() and (q["z_phot_l68"] <= q["z_phot_median"]).all()
+    assert (q["z_phot_median"] <= q["z_phot_u68"]).all() and (q["z_phot_u68"] <= q["z_phot_u95"]).all()
+    assert (q["z_phot_std"] > 0).all()
+    weights = np.stack(out["mixmod_weights"].to_numpy(zero_copy_only=False)[ok])
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-5)
+
+    expected = model.predict_table(source)
+    np.testing.assert_allclose(out["z_phot_mean"].to_numpy()[ok], expected.z_phot_mean.to_numpy()[ok], rtol=1e-5)
+    np.testing.assert_allclose(q["z_phot_median"], expected.z_phot_median.to_numpy()[ok], atol=1e-4)
+    np.testing.assert_array_equal(out["n_observed"].to_numpy(), expected.n_observed.to_numpy())
+
+    props = hats.read_properties(workdir / "scores" / "toscore")
+    assert props["photoz_model_name"] == "photoz-lstm-mdn" and props["photoz_model_version"] == "1"
+    assert props["photoz_model_uri"] == "models:/photoz-lstm-mdn/1" and int(props["hats_nrows"]) == N
+
+
+def test_bad_photometry_is_flagged_not_fatal(scored):
+    summary, out = scored
+    by_id = {i: r for r, i in enumerate(out["THING_ID"].to_pylist())}
+    flags, mean = out["flags"].to_numpy(), out["z_phot_mean"].to_numpy()
+    row = {k: by_id[1000 + v] for k, v in BAD.items()}  # toy ids start at 1000
+    assert flags[row["nan_flux"]] & Flag.BAD_FLUX and flags[row["inf_flux"]] & Flag.BAD_FLUX
+    assert flags[row["negative_ivar"]] & Flag.BAD_ERROR
+    assert flags[row["zero_ivar"]] & Flag.MISSING_BAND and not flags[row["zero_ivar"]] & Flag.BAD_ERROR
+    for k in ("nan_flux", "inf_flux", "zero_ivar", "negative_ivar"):
+        assert np.isfinite(mean[row[k]]) and not flags[row[k]] & Flag.NOT_SCORED
+    r = row["all_missing"]
+    assert flags[r] & Flag.NOT_SCORED and flags[r] & Flag.BAD_FLUX and out["n_observed"].to_numpy()[r] == 0
+    assert all(np.isnan(out[c].to_numpy()[r]) for c in ("z_phot_mean", "z_phot_median", "z_phot_mode", "z_phot_u95"))
+    assert np.isnan(out["mixmod_means"][r].as_py()).all()
+    assert summary["not_scored"] == 1 and np.isfinite(np.delete(mean, r)).all()
+
+
+def test_kernel_without_spark(model):
+    from photoz_spark.model import mdn
+    from photoz_spark.scoring import score_batch
+
+    table = scoring_input(300, 9)
+    out = score_batch(model, table, keep=["THING_ID"])
+    assert out.num_rows == 300 and out.column(0).equals(table["THING_ID"].combine_chunks())
+    ok = out.column("n_observed").to_numpy() > 0
+    raw, observed = __import__("photoz_spark.features.sequencing", fromlist=["sequence"]).sequence(
+        table, model.band_set, model.registry)[:2]
+    w, mu, sigma = model.mixture_of(raw[ok], observed[ok])
+    grid_mode = mdn.mode(w, mu, sigma).numpy()
+    np.testing.assert_allclose(out.column("z_phot_mode").to_numpy()[ok], grid_mode, atol=2e-3)
+    qs = mdn.quantiles(w, mu, sigma, [0.16, 0.84])
+    np.testing.assert_allclose(qs[:, 1].numpy(), mdn.quantile(w, mu, sigma, 0.84).numpy(), atol=1e-5)
+
+
+def test_missing_columns_one_line_error(workdir, capsys):
+    table = toy_matched_table(50, 3).drop(["psfFlux_u", "FLUX_IVAR_W2", "THING_ID"])
+    write(table, workdir / "catalogs" / "dr16q")
+    with pytest.raises(SystemExit) as exit_info:
+        score_catalog.main(["--workdir", str(workdir), "--input", "catalogs/dr16q"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "band set 'sdss_wise9'" in err and "catalogs/dr16q" in err
+    assert "psfFlux_u" in err and "FLUX_IVAR_W2" in err and "THING_ID" in err
+    assert not (workdir / "scores" / "dr16q").exists()
+
+
+def test_killed_run_leaves_no_partial_output_and_rerun_completes(workdir):
+    write(toy_matched_table(60_000, 11), workdir / "matched" / "big")
+    target = workdir / "scores" / "big"
+    args = [sys.executable, str(PROJECT_DIR / "jobs" / "score_catalog.py"), "--workdir", str(workdir),
+            "--input", "matched/big", "score.batch_size=64", "spark.master=local[2]"]
+    proc = subprocess.Popen(args, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if any(workdir.glob(".score-staging-*/.big.staging-*/dataset/Norder=5")):
+            time.sleep(1.0)  # the executors are scoring and writing
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not target.exists(), "a killed run must leave no catalog where a finished one would be"
+
+    summary = score_catalog.main(["--workdir", str(workdir), "--input", "matched/big"])
+    out = read(target, ["THING_ID"])
+    assert summary["rows_out"] == out.num_rows == 60_000 and len(set(out["THING_ID"].to_pylist())) == 60_000
+    assert [p.name for p in (workdir / "scores").iterdir() if "big" in p.name] == ["big"]
