@@ -93,9 +93,10 @@ def _lists(matrix: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel()))
 
 
-def _matrix(column, width: int) -> np.ndarray:
-    """An Arrow list column of fixed length ``width`` as a 2-D numpy array."""
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+def list_matrix(column, width: int, dtype=None) -> np.ndarray:
+    """An Arrow list column (array or chunked) of fixed length ``width`` as a 2-D numpy array."""
+    flat = column.combine_chunks().flatten() if isinstance(column, pa.ChunkedArray) else column.flatten()
+    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=dtype).reshape(-1, width)
 
 
 def _input_flags(batch) -> np.ndarray:
@@ -167,8 +168,8 @@ def batch_summary(rows: pa.RecordBatch, spec: FeatureSpec) -> dict:
     """
     split = rows.column("split").to_numpy(zero_copy_only=False)
     flags = rows.column(FLAGS_COLUMN).to_numpy(zero_copy_only=False)
-    observed = _matrix(rows.column("observed"), spec.n_steps).astype(bool)
-    features = _matrix(rows.column("features"), spec.n_values)
+    observed = list_matrix(rows.column("observed"), spec.n_steps).astype(bool)
+    features = list_matrix(rows.column("features"), spec.n_values)
     n_observed = rows.column("n_observed").to_numpy(zero_copy_only=False)
     train = moments(features, observed, split == "train")
     return {

@@ -33,6 +33,7 @@ import pyarrow.dataset as ds
 import torch
 
 from photoz_spark.config import ConfigError
+from photoz_spark.features.build import list_matrix
 from photoz_spark.features.stats import standardise
 from photoz_spark.hats import DATASET_DIR
 
@@ -59,11 +60,6 @@ def read_json(features_dir: Path, name: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run jobs/build_features.py first")
     return json.loads(path.read_text())
-
-
-def _matrix(column, width: int, dtype) -> np.ndarray:
-    flat = column.combine_chunks().flatten() if hasattr(column, "combine_chunks") else column.flatten()
-    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=dtype).reshape(-1, width)
 
 
 class Feed(Protocol):
@@ -103,8 +99,8 @@ class ArrowFeed:
         table = self.dataset.to_table(columns=COLUMNS[:3], filter=pc.field("split") == split)
         n = len(table) // world if world > 1 else len(table)
         table = table.slice(rank * n, n)
-        observed = _matrix(table["observed"], self.layout["n_steps"], bool)
-        raw = _matrix(table["features"], self.width, np.float32)
+        observed = list_matrix(table["observed"], self.layout["n_steps"], bool)
+        raw = list_matrix(table["features"], self.width, np.float32)
         feats = standardise(raw, observed, self.stats)
         return FeatureData(torch.from_numpy(feats), torch.from_numpy(observed),
                            torch.from_numpy(table["z_spec"].to_numpy().astype(np.float32)))

@@ -161,19 +161,14 @@ def clean_run_dir(out_dir: Path) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def elapsed(t0: float) -> float:
-    return time.time() - t0
-
-
-def evaluate_split(model, feed, split: str) -> tuple[dict, dict]:
-    """Point and CRPS metrics of ``model`` on one split, plus the arrays for plots."""
+def evaluate_split(model, data) -> tuple[dict, dict]:
+    """Point and CRPS metrics of ``model`` on one split's FeatureData, plus the arrays for plots."""
     import torch
 
     from photoz_spark.metrics import point_metrics
     from photoz_spark.model import mdn, mixture
     from photoz_spark.train.feeding import eval_batches
 
-    data = feed.load(split)
     means, crps, pits = [], [], []
     model.eval()
     with torch.inference_mode():
@@ -227,7 +222,8 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
     counts = {s: feed.count(s) for s in ("train", "validation", "test")}
     validate(cfg, feed.layout, feed.stats, counts)
     check_finite(feed.load("train"), "train")
-    check_finite(feed.load("validation"), "validation")
+    splits = {"validation": feed.load("validation")}  # read once: checked now, evaluated after training
+    check_finite(splits["validation"], "validation")
     uri = reg.tracking_uri(config, workdir)
     experiment_id = reg.connect(uri, workdir, cfg["experiment"])
 
@@ -262,7 +258,8 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
         metrics, plots = {}, {}
         for split, prefix in (("validation", "val"), ("test", "test")):
             if counts[split]:
-                m, plots[split] = evaluate_split(model, feed, split)
+                data = splits[split] if split in splits else feed.load(split)
+                m, plots[split] = evaluate_split(model, data)
                 metrics.update({f"{prefix}_{k}": v for k, v in m.items() if k != "n"})
         mlflow.log_metrics(metrics)
         figure = out_dir / "zphot_vs_zspec_test.png"
@@ -281,7 +278,7 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
     clean_run_dir(out_dir)
     return {"tracking_uri": uri, "run_id": run.info.run_id, "model_name": cfg["model_name"], "counts": counts,
             "metrics": metrics, "promotion": promotion, "resumed": resumed, "distributed": dist,
-            "epochs": len(history), "seconds": {"train": t_train, "total": elapsed(t0)},
+            "epochs": len(history), "seconds": {"train": t_train, "total": time.time() - t0},
             "samples_per_s": float(np.median([h["samples_per_s"] for h in history]))}
 
 
