@@ -13,7 +13,7 @@ PETASTORM_TESTS ?= tests/test_petastorm.py tests/test_features.py tests/test_hat
 .PHONY: help venv demo test test-petastorm lint clean
 
 help:  ## list the targets
-	@echo "make demo   the pipeline on the simulated sky: simulate -> crossmatch -> features -> train -> score (in WORKDIR)"
+	@echo "make demo   the pipeline on the simulated sky: simulate -> crossmatch -> features -> train -> score -> evaluate (in WORKDIR)"
 	@echo "make test   run the test suite"
 	@echo "make test-petastorm  build $(PETASTORM_VENV) (the petastorm stack) and run the tests that matter there"
 	@echo "make lint   ruff check"
@@ -50,8 +50,11 @@ demo: $(VENV)/.installed
 	$(PY) jobs/simulate_sky.py --workdir $(WORKDIR) $(ARGS)
 	$(PY) jobs/crossmatch.py --workdir $(WORKDIR)
 	$(PY) jobs/build_features.py --workdir $(WORKDIR)
-	$(PY) jobs/train.py --workdir $(WORKDIR) train.max_epochs=$(DEMO_EPOCHS)
-	$(PY) jobs/score_catalog.py --workdir $(WORKDIR)
+	$(PY) jobs/train.py --workdir $(WORKDIR) train.max_epochs=$(DEMO_EPOCHS) train.recalibrate=true
+	@# The photometric catalog: every SDSS object with its DESI-LS (+unWISE) counterpart; it has no
+	@# GALEX columns, which the all-bands model then treats as unobserved.
+	$(PY) jobs/crossmatch.py --workdir $(WORKDIR) crossmatch.run=photometric crossmatch.left=sdss 'crossmatch.right=[desi_ls]'
+	$(PY) jobs/score_catalog.py --workdir $(WORKDIR) --input matched/photometric 'score.missing_bands=[galex_fuv,galex_nuv]'
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from photoz_spark.model import BiLSTMMDN, ModelConfig, mdn, mixture
+from photoz_spark.model.summaries import estimates
 from photoz_spark.train.loop import TrainSettings, evaluate_loss, train
 
 T, C = 14, 2
@@ -85,9 +86,8 @@ def score(model, data, device, autocast: str, full: bool, chunk: int = 65536):
         w, mu, sigma = mixture(logits, mu, sigma)
         means.append(mdn.mean(w, mu))
         mdn.std(w, mu, sigma)
-        if full:  # median and 68/95 % intervals in one vectorised bisection, and the mode
-            mdn.quantiles(w.float(), mu.float(), sigma.float(), (0.5, 0.025, 0.16, 0.84, 0.975), iterations=30)
-            mdn.mode_meanshift(w.float(), mu.float(), sigma.float(), iterations=20)
+        if full:  # every summary the scoring job writes, through the same function
+            estimates(w.float(), mu.float(), sigma.float())
     sync(device)
     return len(features) / (time.perf_counter() - t0), torch.cat(means)
 
@@ -126,7 +126,7 @@ def main() -> int:
             score(trained, (rows[0][:70000], rows[1][:70000], None), device, autocast, full)  # warm-up
             rate, z_mean = score(trained, rows, device, autocast, full)
             results[(autocast, full)] = z_mean
-            what = "mean+std" + (" +median+68/95% intervals+mode" if full else "")
+            what = "mean+std" + (" -> all summaries (estimates())" if full else "")
             print(f"  {autocast if autocast != 'none' else 'fp32':>4} {what:<38} {rate:>14,.0f} rows/s")
     for low in ("bf16", "fp16"):
         diff = (results[(low, False)] - results[("none", False)]).abs().float()

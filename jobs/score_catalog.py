@@ -53,6 +53,17 @@ def print_summary(s: dict) -> None:
     print(f"input         {s['input']}  {s['rows_in']:,d} rows")
     print(f"model         {s['model_uri']} (band set {s['band_set']})")
     print(f"output        {s['output']}  {s['rows_out']:,d} rows, {s['partitions']} partitions")
+    if s["absent_bands"] != "none":
+        print(f"absent bands  {s['absent_bands']} (not in the catalog: scored as unobserved)")
+    print(f"PDFs          {'recalibrated (PIT map of the model)' if s['calibrated'] else 'as the network predicts'}")
+    checks = s["precision_checks"]
+    if checks:
+        for c in checks:
+            verdict = "used" if c["passed"] else "fell back to fp32"
+            print(f"precision     {c['device']} {c['precision']}: |dz_mean| vs fp32 at the checked quantile "
+                  f"{c['dz_quantile']:.1e} (max {c['dz_max']:.1e}, {c['rows']} rows) -> {verdict}")
+    else:
+        print(f"precision     fp32 (score.device={s['device']})")
     flagged = {k: v for k, v in s["flagged"].items() if v}
     print("flagged rows  " + (", ".join(f"{k} {v:,d}" for k, v in flagged.items()) or "none"))
     print(f"time          {s['seconds']:.1f} s ({s['rows_per_s']:,.0f} rows/s)")

@@ -53,6 +53,12 @@ def print_summary(s: dict) -> None:
             print(f"{name:<13} sigma_NMAD {m[f'{prefix}_sigma_nmad']:.4f}  f_out {100 * m[f'{prefix}_f_out']:.2f} %  "
                   f"bias {m[f'{prefix}_bias']:+.4f}  MSE {m[f'{prefix}_mse']:.4f}  MAE {m[f'{prefix}_mae']:.4f}  "
                   f"CRPS {m[f'{prefix}_crps']:.4f}")
+    if "test_pit_ks" in m:
+        line = f"PIT (test)    KS {m['test_pit_ks']:.3f} against U(0,1)"
+        if "test_pit_ks_calibrated" in m:
+            line += (f"; recalibrated (fitted on validation): KS {m['test_pit_ks_calibrated']:.3f}, "
+                     f"CRPS {m['test_crps']:.4f} -> {m['test_crps_calibrated']:.4f}")
+        print(line)
     print(f"registry      {s['promotion']['message']}")
     print(f"mlflow        run {s['run_id']} at {s['tracking_uri']}")
     if s["tracking_uri"].startswith("sqlite:"):

@@ -18,12 +18,14 @@ import pyarrow as pa
 import torch
 
 from photoz_spark.bands import Registry, load_bands
+from photoz_spark.calibration import PitCalibration
 from photoz_spark.features.sequencing import sequence
 from photoz_spark.features.stats import standardise
-from photoz_spark.model import BiLSTMMDN, ModelConfig, mdn, mixture
+from photoz_spark.model import BiLSTMMDN, ModelConfig, mixture
 
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "model.json"
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 OUTPUT_COLUMNS = ["z_phot_mean", "z_phot_std", "z_phot_median", "n_observed"]
 
 
@@ -36,8 +38,12 @@ def save_model_files(directory: Path, state_dict: dict, meta: dict) -> None:
 class PhotozModel:
     """The network plus everything needed to turn a catalog's native columns into its input."""
 
-    def __init__(self, directory: str | Path, registry: Registry | None = None, device: str = "cpu"):
+    def __init__(self, directory: str | Path, registry: Registry | None = None, device: str = "cpu",
+                 precision: str = "fp32"):
+        if precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}, got {precision!r}")
         directory = Path(directory)
+        self.precision = precision  # the network's autocast precision; mixture maths stays fp32
         self.meta = json.loads((directory / META_FILE).read_text())
         self.registry = registry or load_bands()
         self.band_set = self.registry.band_set(self.meta["layout"]["bands"])
@@ -46,25 +52,33 @@ class PhotozModel:
         state = torch.load(directory / WEIGHTS_FILE, map_location=self.device, weights_only=True)
         self.network.load_state_dict(state)
         self.network.to(self.device).eval()
+        # Set when the model was trained with train.recalibrate: applied to every PDF summary.
+        self.calibration = PitCalibration.from_dict(self.meta.get("calibration"))
 
     @torch.inference_mode()
-    def mixture_of(self, raw_features: np.ndarray, observed: np.ndarray):
-        """(w, mu, sigma) tensors for raw (unstandardised) features."""
+    def mixture_of(self, raw_features: np.ndarray, observed: np.ndarray, precision: str | None = None):
+        """(w, mu, sigma) fp32 tensors for raw (unstandardised) features.
+
+        Args:
+            raw_features: [N, 2 * n_steps] fluxes and errors as ``sequence`` returns them.
+            observed: [N, n_steps] booleans.
+            precision: fp32, bf16 or fp16 autocast of the network; default ``self.precision``.
+        """
         feats = standardise(raw_features, observed, self.meta["stats"])
-        logits, mu, sigma = self.network(torch.from_numpy(feats).to(self.device),
-                                         torch.from_numpy(np.asarray(observed, bool)).to(self.device))
-        return mixture(logits, mu, sigma)
+        dtype = AUTOCAST_DTYPES[precision or self.precision]
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            logits, mu, sigma = self.network(torch.from_numpy(feats).to(self.device),
+                                             torch.from_numpy(np.asarray(observed, bool)).to(self.device))
+        return mixture(logits.float(), mu.float(), sigma.float())
 
     def predict_table(self, table: pa.Table | pa.RecordBatch) -> pd.DataFrame:
         """Point estimates for a table holding the band set's native flux/error columns."""
+        from photoz_spark.model.summaries import estimates  # as the scoring job, calibration included
+
         raw, observed, _ = sequence(table, self.band_set, self.registry)
-        w, mu, sigma = self.mixture_of(raw, observed)
-        return pd.DataFrame({
-            "z_phot_mean": mdn.mean(w, mu).cpu().numpy(),
-            "z_phot_std": mdn.std(w, mu, sigma).cpu().numpy(),
-            "z_phot_median": mdn.median(w, mu, sigma).cpu().numpy(),
-            "n_observed": np.asarray(observed).sum(axis=1).astype(np.int32),
-        })
+        values = estimates(*self.mixture_of(raw, observed), self.calibration)
+        return pd.DataFrame({**{c: values[c].cpu().numpy() for c in OUTPUT_COLUMNS[:-1]},
+                             "n_observed": np.asarray(observed).sum(axis=1).astype(np.int32)})
 
 
 with warnings.catch_warnings():  # mlflow.pyfunc asks for type hints on its own and our classes

@@ -1,4 +1,9 @@
-"""One way to get a SparkSession, built from the ``spark:`` section of the configuration."""
+"""One way to get a SparkSession, built from the ``spark:`` section of the configuration.
+
+Local masters (``local[...]``) get the session as is. Any other master (``spark://``, ``yarn``,
+``k8s://``) is checked before work starts and gets the project shipped to it: see cluster.py
+and docs/deploy.md.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,81 @@ import os
 import sys
 
 from pyspark.sql import SparkSession
+
+from photoz_spark.config import ConfigError, resolve_path
+
+# Cluster settings of the ``spark:`` section that older or hand-written configs may lack.
+CLUSTER_DEFAULTS = {"ship_package": True, "executor_python": "", "executor_wait_s": 120,
+                    "gpu": {"enabled": False, "executor_amount": 1, "task_amount": 1,
+                            "discovery_script": "conf/gpu_discovery.sh"}}
+LOOPBACK = ("127.0.0.1", "localhost")
+
+
+def is_local(master: str) -> bool:
+    """Whether ``master`` runs everything in the driver's JVM (``local``, ``local[N]``, ``local[*]``)."""
+    return str(master).startswith("local")
+
+
+def effective_master(spark_config: dict) -> str:
+    """The master to use: ``spark.master``, unless it is local and spark-submit was given a cluster.
+
+    ``spark-submit --master yarn jobs/train.py`` and ``spark-submit jobs/train.py --master yarn``
+    both reach the cluster: the job's own setting wins whenever it names a cluster.
+    """
+    master = str(spark_config["master"])
+    if is_local(master) and os.environ.get("PYSPARK_GATEWAY_PORT"):  # started by spark-submit
+        from pyspark import SparkConf, SparkContext
+
+        SparkContext._ensure_initialized()  # connect to spark-submit's JVM, which holds its --master
+        submitted = SparkConf().get("spark.master", None)
+        if submitted and not is_local(submitted):
+            return submitted
+    return master
+
+
+def cluster_settings(spark_config: dict) -> dict:
+    """The cluster keys of ``spark_config`` with their defaults filled in."""
+    gpu = {**CLUSTER_DEFAULTS["gpu"], **(spark_config.get("gpu") or {})}
+    return {**CLUSTER_DEFAULTS, **{k: spark_config[k] for k in CLUSTER_DEFAULTS if k in spark_config}, "gpu": gpu}
+
+
+def validate(spark_config: dict) -> None:
+    """Refuse bad cluster settings before a JVM starts.
+
+    Raises:
+        ConfigError: with the key to change.
+    """
+    cluster = cluster_settings(spark_config)
+    if not float(cluster["executor_wait_s"]) > 0:
+        raise ConfigError(f"spark.executor_wait_s must be > 0, got {cluster['executor_wait_s']}")
+    gpu = cluster["gpu"]
+    if not gpu["enabled"]:
+        return
+    for key in ("executor_amount", "task_amount"):
+        if not isinstance(gpu[key], int) or isinstance(gpu[key], bool) or gpu[key] < 1:
+            raise ConfigError(f"spark.gpu.{key} must be a whole number >= 1 (TorchDistributor gives each rank "
+                              f"whole GPUs), got {gpu[key]!r}")
+    if gpu["task_amount"] > gpu["executor_amount"]:
+        raise ConfigError(f"spark.gpu.task_amount ({gpu['task_amount']}) exceeds spark.gpu.executor_amount "
+                          f"({gpu['executor_amount']}): no task could ever be scheduled")
+    if not is_local(spark_config["master"]) and not resolve_path(gpu["discovery_script"]).is_file():
+        raise ConfigError(f"spark.gpu.discovery_script {gpu['discovery_script']!r} not found "
+                          f"(looked at {resolve_path(gpu['discovery_script'])})")
+
+
+def _gpu_pairs(spark_config: dict) -> dict:
+    # Local mode schedules no resources: training there uses the driver's CUDA (train/run.py).
+    gpu = cluster_settings(spark_config)["gpu"]
+    if not gpu["enabled"] or is_local(spark_config["master"]):
+        return {}
+    return {"spark.executor.resource.gpu.amount": gpu["executor_amount"],
+            "spark.task.resource.gpu.amount": gpu["task_amount"],
+            "spark.executor.resource.gpu.discoveryScript": str(resolve_path(gpu["discovery_script"]))}
+
+
+def _master_host(master: str) -> str:
+    rest = str(master).split("://", 1)[-1]
+    return rest.split(",")[0].rpartition(":")[0] or rest
 
 
 def _conf_pairs(spark_config: dict) -> dict[str, str]:
@@ -25,9 +105,12 @@ def _conf_pairs(spark_config: dict) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "true",
         # Timestamps mean the same thing on every machine and in every test.
         "spark.sql.session.timeZone": "UTC",
+        **_gpu_pairs(spark_config),
     }
-    if str(spark_config["master"]).startswith("local"):
-        # A laptop on VPN or with an odd hostname must not make the driver unreachable to itself.
+    master = str(spark_config["master"])
+    if is_local(master) or (master.startswith("spark://") and _master_host(master) in LOOPBACK):
+        # A laptop on VPN or with an odd hostname must not make the driver unreachable to itself
+        # (or to a cluster that listens on loopback only).
         conf["spark.driver.host"] = "127.0.0.1"
         conf["spark.driver.bindAddress"] = "127.0.0.1"
     return {key: _conf_value(value) for key, value in conf.items()}
@@ -41,25 +124,66 @@ def _conf_value(value) -> str:
 def get_spark(config: dict, extra_conf: dict | None = None) -> SparkSession:
     """Return the active SparkSession, or build one from ``config["spark"]``.
 
+    On a cluster master the session is checked before it is returned: the master answers,
+    an executor registers within ``spark.executor_wait_s``, it runs the driver's Python minor
+    version, imports ``photoz_spark`` (shipped as a zip when ``spark.ship_package``) and holds
+    the GPUs of ``spark.gpu``.
+
     Args:
         config: the job configuration; its ``spark`` section has master, app_name,
-            driver_memory, shuffle_partitions, arrow_batch_size and log_level.
+            driver_memory, shuffle_partitions, arrow_batch_size, log_level and the cluster keys
+            (ship_package, executor_python, executor_wait_s, gpu).
         extra_conf: further Spark configuration keys (e.g. ``spark.ui.enabled``), applied last.
 
     Returns:
         The SparkSession. An already active session is reused as is, so jobs called from
         tests (or from a notebook) share the caller's session instead of starting a second JVM.
+
+    Raises:
+        ConfigError: a bad ``spark`` setting.
+        cluster.ClusterError: the cluster cannot run the pipeline (the message says what to change).
     """
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    spark_config = {**config["spark"], "master": effective_master(config["spark"])}
+    validate(spark_config)
+    master = spark_config["master"]
+    cluster = None if is_local(master) else cluster_settings(spark_config)
+    shipped = None
+    conf = _conf_pairs(spark_config)
+    if cluster is not None:
+        from photoz_spark import cluster as cl
+
+        cl.check_master_reachable(master)  # Spark would retry for minutes before saying anything
+        if cluster["ship_package"]:
+            shipped = cl.package_zip()
+            conf.update(cl.shipping_conf(shipped))
     # Without these, executors start the system Python, which lacks the project's packages.
-    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_PYTHON"] = (cluster or {}).get("executor_python") or sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    spark_config = config["spark"]
-    builder = SparkSession.builder.master(spark_config["master"]).appName(spark_config["app_name"])
-    for key, value in {**_conf_pairs(spark_config), **(extra_conf or {})}.items():
+    builder = SparkSession.builder.master(master).appName(spark_config["app_name"])
+    for key, value in {**conf, **(extra_conf or {})}.items():
         builder = builder.config(key, _conf_value(value))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(spark_config["log_level"])
+    if cluster is not None:
+        _prepare_cluster(spark, cluster, shipped)
     return spark
+
+
+def _prepare_cluster(spark: SparkSession, cluster: dict, shipped) -> None:
+    """Ship the package and check the executors; a failed check stops the session it started."""
+    from photoz_spark import cluster as cl
+
+    gpu = cluster["gpu"]
+    try:
+        if shipped is not None:
+            cl.ship_package(spark, shipped)
+        probes = cl.check_executors(spark, float(cluster["executor_wait_s"]), shipped,
+                                    gpus_per_task=gpu["task_amount"] if gpu["enabled"] else 0,
+                                    gpus_per_executor=gpu["executor_amount"] if gpu["enabled"] else 0)
+    except Exception:
+        spark.stop()
+        raise
+    print(cl.describe(spark.sparkContext.master, probes), file=sys.stderr, flush=True)

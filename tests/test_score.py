@@ -182,3 +182,72 @@ def test_killed_run_leaves_no_partial_output_and_rerun_completes(workdir):
     out = read(target, ["THING_ID"])
     assert summary["rows_out"] == out.num_rows == 60_000 and len(set(out["THING_ID"].to_pylist())) == 60_000
     assert [p.name for p in (workdir / "scores").iterdir() if "big" in p.name] == ["big"]
+
+
+def test_absent_band_scored_as_unobserved_only_when_asked(workdir, capsys):
+    u = BAND_SET.bands[0]
+    write(toy_matched_table(400, 21).drop([u.flux, u.err]), workdir / "matched" / "no_u")
+    with pytest.raises(SystemExit):
+        score_catalog.main(["--workdir", str(workdir), "--input", "matched/no_u"])
+    assert "score.missing_bands" in capsys.readouterr().err
+
+    summary = score_catalog.main(["--workdir", str(workdir), "--input", "matched/no_u",
+                                  f"score.missing_bands=[{u.name}]"])
+    out = read(workdir / "scores" / "no_u")
+    assert summary["rows_out"] == out.num_rows == 400 and summary["absent_bands"] == u.name
+    assert out["n_observed"].to_numpy().max() == len(BAND_SET) - 1
+    assert (out["flags"].to_numpy() & Flag.MISSING_BAND).all()
+    assert hats.read_properties(workdir / "scores" / "no_u")["photoz_absent_bands"] == u.name
+
+
+class _Accumulator:
+    def __init__(self):
+        self.value = []
+
+    def add(self, item):
+        self.value += item
+
+
+def test_half_precision_is_used_only_when_it_agrees_with_fp32(workdir, model):
+    """The agreement check and the fp32 fallback (bf16 autocast on the CPU stands in for a GPU)."""
+    from photoz_spark.scoring.run import ModelFiles, Runtime, _checked_precision
+
+    files = ModelFiles("m", "1", "", b"weights", b"meta")
+    batch = scoring_input(500, 3).to_batches()[0]
+    strict, loose = _Accumulator(), _Accumulator()
+    chosen = _checked_precision(model, files, "cuda:7", Runtime("cuda", "bf16", 1e-12, 0.99, 256), batch, strict)
+    assert chosen == "fp32" and strict.value[0]["passed"] is False and strict.value[0]["rows"] == 256
+    assert strict.value[0]["dz_quantile"] > 1e-12
+    chosen = _checked_precision(model, files, "cuda:8", Runtime("cuda", "bf16", 10.0, 1.0, 256), batch, loose)
+    assert chosen == "bf16" and loose.value[0]["passed"] is True
+    assert Runtime("auto", "auto").wanted_precision("cpu") == "fp32"
+    assert Runtime("auto", "auto").wanted_precision("cuda:0") == "fp16"
+    model.precision = "fp32"
+
+
+def test_recalibrated_model_changes_the_summaries_not_the_mixture(model):
+    from photoz_spark.calibration import PitCalibration
+    from photoz_spark.scoring import score_batch
+
+    table = scoring_input(300, 4)
+    raw = score_batch(model, table)
+    levels = np.linspace(0, 1, 11)
+    try:
+        model.calibration = PitCalibration(tuple(levels), tuple(levels))  # identity map
+        same = score_batch(model, table)
+        # Too-narrow PDFs: PIT values crowd towards 0 and 1, so G stretches the tails -> wider PDFs.
+        u = np.linspace(0, 1, 1001)
+        model.calibration = PitCalibration.fit(0.5 + 0.5 * np.sign(2 * u - 1) * np.abs(2 * u - 1) ** 0.5)
+        wider = score_batch(model, table)
+    finally:
+        model.calibration = None
+    ok = raw.column("n_observed").to_numpy() > 0
+    for c in ("z_phot_mean", "z_phot_median", "z_phot_l68", "z_phot_u95"):
+        np.testing.assert_allclose(same.column(c).to_numpy()[ok], raw.column(c).to_numpy()[ok], atol=1e-4)
+    for t in (same, wider):  # the mixture stays the network's (NaN rows included)
+        np.testing.assert_array_equal(t.column("mixmod_means").flatten().to_numpy(),
+                                      raw.column("mixmod_means").flatten().to_numpy())
+    width = {name: (t.column("z_phot_u68").to_numpy() - t.column("z_phot_l68").to_numpy())[ok]
+             for name, t in (("raw", raw), ("wider", wider))}
+    assert (width["wider"] > width["raw"]).mean() > 0.95
+    assert np.median(wider.column("z_phot_std").to_numpy()[ok] / raw.column("z_phot_std").to_numpy()[ok]) > 1.2

@@ -83,10 +83,25 @@ def test_registered_model_predicts_from_raw_columns(first, workdir):
 
 
 def test_worse_model_is_registered_but_not_promoted(first, workdir):
-    worse = train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.max_epochs=1", "train.lr=1e-6"])
+    worse = train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.max_epochs=1", "train.lr=1e-6",
+                            "train.recalibrate=true"])
     assert worse["promotion"]["version"] == 2 and not worse["promotion"]["promoted"]
     assert "not promoted" in worse["promotion"]["message"]
     assert worse["promotion"]["champion_version"] == 1
+    # Recalibration, fitted on the validation PIT, flattens the barely trained model's test PIT.
+    m = worse["metrics"]
+    assert m["test_pit_ks_calibrated"] < 0.5 * m["test_pit_ks"] and m["test_crps_calibrated"] < m["test_crps"]
+    assert "val_pit_ks" in first["metrics"] and "test_pit_ks_calibrated" not in first["metrics"]
+
+    import mlflow
+
+    from photoz_spark.registry import download_model
+    from photoz_spark.serving import PhotozModel
+
+    mlflow.set_tracking_uri(worse["tracking_uri"])
+    calibrated = PhotozModel(download_model("models:/photoz-lstm-mdn/2"))
+    assert calibrated.calibration is not None and len(calibrated.calibration.pit_knots) == 52
+    assert PhotozModel(download_model("models:/photoz-lstm-mdn/1")).calibration is None
 
 
 def test_killed_run_resumes_from_checkpoint(first, workdir):

@@ -31,29 +31,29 @@ def std(w, mu, sigma) -> torch.Tensor:
     return torch.sqrt((w * (sigma ** 2 + mu ** 2)).sum(-1) - m ** 2).clamp_min(0.0)
 
 
-def _normal_cdf(x):
+def normal_cdf(x):
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
-def _normal_pdf(x):
+def normal_pdf(x):
     return torch.exp(-0.5 * x * x - LOG_SQRT_2PI)
 
 
 def cdf(w, mu, sigma, z: torch.Tensor) -> torch.Tensor:
     """Mixture CDF [N] at one value per object z [N]."""
-    return (w * _normal_cdf((z[:, None] - mu) / sigma)).sum(-1)
+    return (w * normal_cdf((z[:, None] - mu) / sigma)).sum(-1)
 
 
 def cdf_grid(w, mu, sigma, grid: torch.Tensor) -> torch.Tensor:
     """Mixture CDF [N, G] on a shared grid [G]."""
     x = (grid[None, :, None] - mu[:, None, :]) / sigma[:, None, :]
-    return (w[:, None, :] * _normal_cdf(x)).sum(-1)
+    return (w[:, None, :] * normal_cdf(x)).sum(-1)
 
 
 def pdf_grid(w, mu, sigma, grid: torch.Tensor) -> torch.Tensor:
     """Mixture density [N, G] on a shared grid [G]."""
     x = (grid[None, :, None] - mu[:, None, :]) / sigma[:, None, :]
-    return (w[:, None, :] * _normal_pdf(x) / sigma[:, None, :]).sum(-1)
+    return (w[:, None, :] * normal_pdf(x) / sigma[:, None, :]).sum(-1)
 
 
 def quantile(w, mu, sigma, q: float, iterations: int = 60) -> torch.Tensor:
@@ -80,20 +80,30 @@ def quantiles(w, mu, sigma, qs, iterations: int = 60) -> torch.Tensor:
     w3, mu3, inv3 = w[:, None, :], mu[:, None, :], (1.0 / sigma)[:, None, :]
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        below = (w3 * _normal_cdf((mid[:, :, None] - mu3) * inv3)).sum(-1) < q
+        below = (w3 * normal_cdf((mid[:, :, None] - mu3) * inv3)).sum(-1) < q
         lo = torch.where(below, mid, lo)
         hi = torch.where(below, hi, mid)
     return 0.5 * (lo + hi)
 
 
-def mode_meanshift(w, mu, sigma, iterations: int = 30) -> torch.Tensor:
+def mode_meanshift(w, mu, sigma, iterations: int = 30, starts: int | None = None) -> torch.Tensor:
     """The density's highest peak [N] without a grid: fixed-point (mean-shift) ascent from each
     component mean, then the candidate with the highest density.
 
     Every mode of a Gaussian mixture is reached from some component mean, so this finds the
     global mode (to float precision, not a grid step) at O(N K^2 iterations) cost.
     """
+    x = mode_candidates(w, mu, sigma, iterations, starts)
+    return x.gather(1, pdf_at(w, mu, sigma, x).argmax(-1, keepdim=True))[:, 0]
+
+
+def mode_candidates(w, mu, sigma, iterations: int = 30, starts: int | None = None) -> torch.Tensor:
+    """Mean-shift fixed points [N, M] reached from the component means: from all K (every local
+    maximum of the density is among them), or from the ``starts`` means where the density is
+    highest (M = starts: K/M times cheaper; the global peak is almost always uphill of one)."""
     x = mu.clone()                                           # [N, K] candidates
+    if starts is not None and starts < mu.shape[1]:
+        x = x.gather(1, pdf_at(w, mu, sigma, x).topk(starts, dim=-1).indices)
     prec = 1.0 / sigma ** 2
     coef = (w / sigma)[:, None, :]                           # [N, 1, K]
     for _ in range(iterations):
@@ -102,9 +112,13 @@ def mode_meanshift(w, mu, sigma, iterations: int = 30) -> torch.Tensor:
         num = (r * (mu * prec)[:, None, :]).sum(-1)
         den = (r * prec[:, None, :]).sum(-1)
         x = torch.where(den > 0, num / den.clamp_min(1e-30), x)
-    d = x[:, :, None] - mu[:, None, :]
-    density = (coef * torch.exp(-0.5 * d * d * prec[:, None, :])).sum(-1)
-    return x.gather(1, density.argmax(-1, keepdim=True))[:, 0]
+    return x
+
+
+def pdf_at(w, mu, sigma, x: torch.Tensor) -> torch.Tensor:
+    """Mixture density [N, M] at M points per object x [N, M]."""
+    t = (x[:, :, None] - mu[:, None, :]) / sigma[:, None, :]
+    return (w[:, None, :] * normal_pdf(t) / sigma[:, None, :]).sum(-1)
 
 
 def median(w, mu, sigma) -> torch.Tensor:
@@ -126,7 +140,7 @@ def _crps_a(m, var):
     """A(m, s^2) = E|X| for X ~ N(m, s^2): 2 s phi(m/s) + m (2 Phi(m/s) - 1)."""
     s = torch.sqrt(var)
     x = m / s
-    return 2.0 * s * _normal_pdf(x) + m * (2.0 * _normal_cdf(x) - 1.0)
+    return 2.0 * s * normal_pdf(x) + m * (2.0 * normal_cdf(x) - 1.0)
 
 
 def crps(w, mu, sigma, y: torch.Tensor) -> torch.Tensor:

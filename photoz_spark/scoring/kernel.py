@@ -3,7 +3,9 @@
 Features are built exactly as in training and serving (``PhotozModel``: ``sequence`` then
 ``standardise``). Per row it returns the PDF's mean, median, mode, standard deviation, the
 68 % and 95 % central intervals, the mixture itself (qp ``mixmod`` layout: weights, means,
-stds, K each), the number of observed bands and the flags.
+stds, K each), the number of observed bands and the flags. When the model carries a PIT
+recalibration (``calibration.py``) the summaries are those of the recalibrated PDF; the mixture
+arrays stay the network's (the calibration map is in the output's properties).
 
 A row none of whose bands is observed cannot be scored: its estimates and mixture are NaN and
 it carries ``Flag.NOT_SCORED`` (besides MISSING_BAND and any BAD_FLUX/BAD_ERROR). Rows are
@@ -21,17 +23,35 @@ import torch
 from photoz_spark.features.sequencing import sequence
 from photoz_spark.flags import FLAGS_COLUMN, Flag
 from photoz_spark.model import mdn
+from photoz_spark.model.summaries import estimates
 
-# (column, quantile) of the interval bounds and the median, computed in one bisection.
-QUANTILES = (("z_phot_l95", 0.025), ("z_phot_l68", 0.16), ("z_phot_median", 0.5),
-             ("z_phot_u68", 0.84), ("z_phot_u95", 0.975))
-# Bisection steps: the bracket (~10 wide) halves each step, so 32 steps reach float32 resolution;
-# mdn.quantile's default 60 only repeats the same float32 value.
-QUANTILE_ITERATIONS = 32
-MODE_ITERATIONS = 20
 ESTIMATES = ("z_phot_mean", "z_phot_median", "z_phot_mode", "z_phot_std",
              "z_phot_l68", "z_phot_u68", "z_phot_l95", "z_phot_u95")
 MIXTURE = ("mixmod_weights", "mixmod_means", "mixmod_stds")
+
+
+def precision_check(model, table: pa.Table | pa.RecordBatch, tolerance: float, quantile: float,
+                    max_rows: int = 4096) -> dict:
+    """Does the network under ``model.precision`` autocast give the fp32 z_mean on this batch?
+
+    Args:
+        model: a ``serving.PhotozModel`` whose ``precision`` is bf16 or fp16.
+        table: a batch of the catalog (its first ``max_rows`` scorable rows are used).
+        tolerance: allowed |z_mean(half) - z_mean(fp32)|.
+        quantile: of the |difference| that must be <= tolerance (0.99: 99 % of rows; 1.0: all).
+
+    Returns:
+        rows, the |difference| at ``quantile`` and at its maximum, and ``passed``.
+    """
+    raw, observed, _ = sequence(table, model.band_set, model.registry)
+    rows = np.flatnonzero(observed.any(axis=1))[:max_rows]
+    if not len(rows):
+        return {"rows": 0, "dz_quantile": 0.0, "dz_max": 0.0, "passed": True}
+    z_half = mdn.mean(*model.mixture_of(raw[rows], observed[rows])[:2])
+    z_full = mdn.mean(*model.mixture_of(raw[rows], observed[rows], precision="fp32")[:2])
+    dz = (z_half - z_full).abs().float().cpu().numpy()
+    at_q = float(np.quantile(dz, quantile))
+    return {"rows": len(rows), "dz_quantile": at_q, "dz_max": float(dz.max()), "passed": at_q <= tolerance}
 
 
 def output_schema(input_schema: pa.Schema, keep: Sequence[str] = ()) -> pa.Schema:
@@ -78,11 +98,7 @@ def score_batch(model, table: pa.Table | pa.RecordBatch, keep: Sequence[str] = (
     rows = np.flatnonzero(scorable)
     if len(rows):
         w, mu, sigma = model.mixture_of(raw[rows], observed[rows])
-        qs = mdn.quantiles(w, mu, sigma, [q for _, q in QUANTILES], iterations=QUANTILE_ITERATIONS)
-        values = {"z_phot_mean": mdn.mean(w, mu), "z_phot_std": mdn.std(w, mu, sigma),
-                  "z_phot_mode": mdn.mode_meanshift(w, mu, sigma, iterations=MODE_ITERATIONS),
-                  **{c: qs[:, i] for i, (c, _) in enumerate(QUANTILES)}}
-        for c, v in values.items():
+        for c, v in estimates(w, mu, sigma, model.calibration).items():
             est[c][rows] = v.cpu().numpy()
         for c, v in zip(MIXTURE, (w, mu, sigma), strict=True):
             mix[c][rows] = v.cpu().numpy()

@@ -10,6 +10,7 @@ leaves no partial catalog at ``scores/<name>`` and a rerun replaces the earlier 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 import time
@@ -25,6 +26,12 @@ from photoz_spark.config import require
 from photoz_spark.features.sequencing import band_columns
 from photoz_spark.flags import FLAGS_COLUMN, Flag, count_flags
 from photoz_spark.serving import META_FILE, WEIGHTS_FILE
+
+try:
+    from pyspark.accumulators import AccumulatorParam
+    from pyspark.sql import functions as F
+except ImportError:  # a GPU host with torch only: the kernel and load_model still work
+    AccumulatorParam, F = object, None
 
 _MODELS: dict = {}  # model id -> PhotozModel, one per Python worker process
 
@@ -50,9 +57,10 @@ class ModelFiles:
                    (directory / META_FILE).read_bytes())
 
 
-def load_model(files: ModelFiles, bands_file: str | None = None):
-    """The PhotozModel of ``files``, built once per process."""
-    model = _MODELS.get(files.model_id)
+def load_model(files: ModelFiles, bands_file: str | None = None, device: str = "cpu", precision: str = "fp32"):
+    """The PhotozModel of ``files`` on ``device``, built once per process (and device)."""
+    key = (files.model_id, device)
+    model = _MODELS.get(key)
     if model is None:
         from photoz_spark.bands import load_bands
         from photoz_spark.serving import PhotozModel
@@ -61,11 +69,74 @@ def load_model(files: ModelFiles, bands_file: str | None = None):
         try:
             (tmp / WEIGHTS_FILE).write_bytes(files.weights)
             (tmp / META_FILE).write_bytes(files.meta)
-            model = PhotozModel(tmp, load_bands(bands_file) if bands_file else None)
+            model = PhotozModel(tmp, load_bands(bands_file) if bands_file else None, device=device)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        _MODELS[files.model_id] = model
+        _MODELS[key] = model
+    model.precision = precision
     return model
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the workers run the network (``score.device``, ``score.precision``)."""
+
+    device: str = "auto"             # auto | cpu | cuda
+    precision: str = "auto"          # auto (fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    tolerance: float = 1e-3          # |z_mean(half) - z_mean(fp32)| allowed ...
+    quantile: float = 0.99           # ... for this share of the checked rows
+    check_rows: int = 4096
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> Runtime:
+        runtime = cls(str(cfg["device"]), str(cfg["precision"]), float(cfg["agreement_tolerance"]),
+                      float(cfg["agreement_quantile"]), int(cfg["agreement_rows"]))
+        require(runtime.device in ("auto", "cpu", "cuda"), f"score.device must be auto, cpu or cuda, got {runtime.device!r}")
+        require(runtime.precision in ("auto", "fp32", "bf16", "fp16"),
+                f"score.precision must be auto, fp32, bf16 or fp16, got {runtime.precision!r}")
+        require(runtime.tolerance > 0 and 0 < runtime.quantile <= 1 and runtime.check_rows >= 1,
+                "score.agreement_tolerance must be > 0, score.agreement_quantile in (0, 1], score.agreement_rows >= 1")
+        return runtime
+
+    def task_device(self) -> str:
+        """This task's device: the GPU Spark assigned to it (GPU scheduling), else cuda:0 or cpu."""
+        import torch
+
+        if self.device == "cpu" or not torch.cuda.is_available():
+            if self.device == "cuda":
+                raise RuntimeError("score.device=cuda but this executor has no CUDA device "
+                                   "(set score.device=auto or cpu, or schedule GPUs: docs/deploy.md)")
+            return "cpu"
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        gpus = context.resources().get("gpu") if context is not None else None
+        return f"cuda:{gpus.addresses[0]}" if gpus and gpus.addresses else "cuda:0"
+
+    def wanted_precision(self, device: str) -> str:
+        if self.precision != "auto":
+            return self.precision if device != "cpu" else "fp32"  # half autocast is a GPU feature
+        return "fp16" if device != "cpu" else "fp32"
+
+
+_PRECISION: dict = {}  # (model id, device, wanted) -> precision that passed the check, per worker
+
+
+def _checked_precision(model, files: ModelFiles, device: str, runtime: Runtime, batch, checks) -> str:
+    """The precision this worker uses: the wanted half precision only if its z_mean agrees with fp32."""
+    from photoz_spark.scoring.kernel import precision_check
+
+    wanted = runtime.wanted_precision(device)
+    key = (files.model_id, device, wanted)
+    if key not in _PRECISION:
+        if wanted == "fp32":
+            _PRECISION[key] = "fp32"
+        else:
+            model.precision = wanted
+            result = precision_check(model, batch, runtime.tolerance, runtime.quantile, runtime.check_rows)
+            _PRECISION[key] = wanted if result["passed"] else "fp32"
+            checks.add([{"device": device, "precision": wanted, **result}])
+    return _PRECISION[key]
 
 
 def resolve_model(config: dict, workdir) -> tuple[ModelFiles, Path]:
@@ -134,13 +205,20 @@ def plan(cfg: dict, registry: Registry, workdir, band_set) -> ScorePlan:
             f"{cfg['input']}: catalog {cat_name!r} is not under 'catalogs' of bands.yaml, so its id column is unknown")
     cat = registry.catalogs[cat_name]
     names = hats.read_schema(source).names
-    missing_bands = [c for c in band_columns(band_set) if c not in names]
+    allowed = [str(b) for b in (cfg["missing_bands"] or [])]
+    unknown = [b for b in allowed if b not in band_set.names]
+    require(not unknown, f"score.missing_bands names {', '.join(unknown)}, not bands of the model's band set "
+                         f"{band_set.name!r} ({', '.join(band_set.names)})")
+    require(len(allowed) < len(band_set), "score.missing_bands may not name every band of the model")
+    optional = {c for band in band_set.bands if band.name in allowed for c in (band.flux, band.err)}
+    missing_bands = [c for c in band_columns(band_set) if c not in names and c not in optional]
     missing_keys = [c for c in dict.fromkeys((cat.id, cat.ra, cat.dec, hats.HEALPIX_COLUMN)) if c not in names]
     if missing_bands or missing_keys:
         pieces = []
         if missing_bands:
             pieces.append(f"the model's band set {band_set.name!r} ({', '.join(band_set.names)}) needs "
-                          f"{', '.join(missing_bands)}")
+                          f"{', '.join(missing_bands)} (to score without a band the catalog lacks, as unobserved, "
+                          "list it in score.missing_bands)")
         if missing_keys:
             pieces.append(f"the {cat_name} id/coordinate columns {', '.join(missing_keys)}")
         raise ValueError(f"catalog {cfg['input']} ({source}) lacks columns: " + "; ".join(pieces))
@@ -149,30 +227,53 @@ def plan(cfg: dict, registry: Registry, workdir, band_set) -> ScorePlan:
                      FLAGS_COLUMN in names)
 
 
-def _scorer(files_bc, keep: tuple[str, ...], batch_size: int, bands_file: str | None):
+def _scorer(files_bc, keep: tuple[str, ...], batch_size: int, bands_file: str | None, runtime: Runtime, checks):
     def run(batches):
         import torch
 
         from photoz_spark.scoring.kernel import score_batch
 
-        torch.set_num_threads(1)
-        model = load_model(files_bc.value, bands_file)
+        device = runtime.task_device()
+        if device == "cpu":
+            torch.set_num_threads(1)  # one thread per task: two per worker halve throughput
+        files = files_bc.value
+        model = load_model(files, bands_file, device)
         for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            model.precision = _checked_precision(model, files, device, runtime, batch, checks)
             for start in range(0, batch.num_rows, batch_size):
                 yield score_batch(model, batch.slice(start, batch_size), keep)
     return run
 
 
+class ListParam(AccumulatorParam):
+    """Accumulates lists (the precision checks each worker made)."""
+
+    def zero(self, value):
+        return []
+
+    def addInPlace(self, a, b):
+        return a + b
+
+
 def score_dataframe(spark, df, files: ModelFiles, keep: tuple[str, ...], batch_size: int,
-                    bands_file: str | None = None):
-    """The scored DataFrame (lazy): ``df``'s ``keep`` columns plus the kernel's outputs."""
+                    bands_file: str | None = None, runtime: Runtime | None = None):
+    """The scored DataFrame (lazy) and an accumulator of the precision checks its workers make.
+
+    Returns:
+        (DataFrame with ``df``'s ``keep`` columns plus the kernel's outputs, accumulator whose
+        ``.value`` after an action lists one dict per check: device, precision, rows, dz, passed).
+    """
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
     from photoz_spark.scoring.kernel import output_schema
 
+    checks = spark.sparkContext.accumulator([], ListParam())
     schema = output_schema(to_arrow_schema(df.schema), keep)
     files_bc = spark.sparkContext.broadcast(files)
-    return df.mapInArrow(_scorer(files_bc, keep, batch_size, bands_file), from_arrow_schema(schema))
+    scorer = _scorer(files_bc, keep, batch_size, bands_file, runtime or Runtime(device="cpu"), checks)
+    return df.mapInArrow(scorer, from_arrow_schema(schema)), checks
 
 
 def score_catalog(spark, config: dict, registry: Registry, workdir, files: ModelFiles, band_set,
@@ -184,12 +285,20 @@ def score_catalog(spark, config: dict, registry: Registry, workdir, files: Model
     cfg = config["score"]
     p = plan(cfg, registry, workdir, band_set)
     rows_in = int(hats.read_properties(p.source)["hats_nrows"])
+    runtime = Runtime.from_config(cfg)
+    df = hats.read_hats(spark, p.source)
+    # Bands the catalog does not have at all (score.missing_bands): null columns = not observed.
+    absent = [c for c in band_columns(band_set) if c not in df.columns]
+    df = df.select(*df.columns, *[F.lit(None).cast("double").alias(c) for c in absent])
     wanted = [*p.keep, *band_columns(band_set), *([FLAGS_COLUMN] if p.has_flags else [])]
-    df = hats.read_hats(spark, p.source).select(*dict.fromkeys(wanted))
-    scored = score_dataframe(spark, df, files, p.keep, int(cfg["batch_size"]), bands_file)
+    scored, checks = score_dataframe(spark, df.select(*dict.fromkeys(wanted)), files, p.keep,
+                                     int(cfg["batch_size"]), bands_file, runtime)
     target = Path(workdir.scores) / p.name
+    meta = json.loads(files.meta)
     props = {"photoz_model_name": files.name, "photoz_model_version": files.version, "photoz_model_uri": files.uri,
-             "photoz_score_input": cfg["input"], "photoz_score_band_set": band_set.name}
+             "photoz_score_input": cfg["input"], "photoz_score_band_set": band_set.name,
+             "photoz_absent_bands": ",".join(b.name for b in band_set.bands if b.flux in absent) or "none",
+             "photoz_calibration": json.dumps(meta["calibration"]) if meta.get("calibration") else "none"}
     # Arrow batches of score.batch_size rows; input splits small enough (several per core) that
     # the cores stay busy to the end instead of one task scoring a big last split alone.
     settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(int(cfg["batch_size"])),
@@ -213,7 +322,10 @@ def score_catalog(spark, config: dict, registry: Registry, workdir, files: Model
         flags = pq.read_table(staged / hats.DATASET_DIR, columns=[FLAGS_COLUMN], partitioning=None)[FLAGS_COLUMN].to_numpy()
         stage.commit()
     seconds = time.time() - t0
-    return {"input": str(p.source), "output": str(target), "model_uri": files.uri, "band_set": band_set.name,
+    check_results = list(checks.value)
+    return {"device": runtime.device, "precision_checks": check_results, "absent_bands": props["photoz_absent_bands"],
+            "calibrated": meta.get("calibration") is not None,
+            "input": str(p.source), "output": str(target), "model_uri": files.uri, "band_set": band_set.name,
             "rows_in": rows_in, "rows_out": written["n_rows"], "partitions": written["n_partitions"],
             "flagged": count_flags(flags), "not_scored": int(np.count_nonzero(flags & Flag.NOT_SCORED)),
             "seconds": seconds, "rows_per_s": rows_in / max(seconds, 1e-9)}

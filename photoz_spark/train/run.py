@@ -40,6 +40,8 @@ def validate(cfg: dict, layout: dict, stats: dict, counts: dict) -> None:
     for key in ("num_processes", "max_epochs", "batch_size", "patience", "lr_step_epochs"):
         require(cfg[key] >= 1, f"train.{key} must be >= 1, got {cfg[key]}")
     require(cfg["lr"] > 0, "train.lr must be > 0")
+    require(cfg["recalibrate"] in (True, False), f"train.recalibrate must be true or false, got {cfg['recalibrate']!r}")
+    require(int(cfg["calibration_knots"]) >= 1, "train.calibration_knots must be >= 1")
     require(layout["band_set"] == cfg["band_set"],
             f"features were built for band set {layout['band_set']!r}, not {cfg['band_set']!r}")
     require(len(stats["mean"]) == layout["n_steps"] == len(layout["bands"]),
@@ -161,25 +163,43 @@ def clean_run_dir(out_dir: Path) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def evaluate_split(model, data) -> tuple[dict, dict]:
-    """Point and CRPS metrics of ``model`` on one split's FeatureData, plus the arrays for plots."""
+def evaluate_split(model, data, calibration=None) -> tuple[dict, dict]:
+    """Point and CRPS metrics of ``model`` on one split's FeatureData, plus the arrays for plots.
+
+    The metrics are those of the network's own PDFs; with a ``calibration`` the arrays also hold
+    the recalibrated PDFs' PIT and CRPS (``pit_calibrated``, ``crps_calibrated``).
+    """
     import torch
 
+    from photoz_spark import calibration as cal
     from photoz_spark.metrics import point_metrics
     from photoz_spark.model import mdn, mixture
     from photoz_spark.train.feeding import eval_batches
 
-    means, crps, pits = [], [], []
+    parts: dict[str, list] = {"z_phot": [], "crps": [], "pit": [], "crps_calibrated": [], "pit_calibrated": []}
     model.eval()
     with torch.inference_mode():
         for features, observed, z in eval_batches(data):
             w, mu, sigma = mixture(*model(features, observed))
-            means.append(mdn.mean(w, mu))
-            crps.append(mdn.crps(w, mu, sigma, z))
-            pits.append(mdn.pit(w, mu, sigma, z))
-    arrays = {"z_spec": data.z.numpy(), "z_phot": torch.cat(means).numpy(), "crps": torch.cat(crps).numpy(),
-              "pit": torch.cat(pits).numpy()}
+            parts["z_phot"].append(mdn.mean(w, mu))
+            parts["crps"].append(mdn.crps(w, mu, sigma, z))
+            parts["pit"].append(mdn.pit(w, mu, sigma, z))
+            if calibration is not None:
+                parts["crps_calibrated"].append(cal.crps(w, mu, sigma, z, calibration))
+                parts["pit_calibrated"].append(cal.pit(w, mu, sigma, z, calibration))
+    arrays = {"z_spec": data.z.numpy(), **{k: torch.cat(v).numpy() for k, v in parts.items() if v}}
     return point_metrics(arrays["z_phot"], arrays["z_spec"], arrays["crps"]), arrays
+
+
+def calibration_metrics(arrays: dict, prefix: str) -> dict:
+    """PIT KS statistic (and mean CRPS) before and, when present, after recalibration."""
+    from scipy.stats import kstest
+
+    out = {f"{prefix}_pit_ks": float(kstest(arrays["pit"], "uniform").statistic)}
+    if "pit_calibrated" in arrays:
+        out[f"{prefix}_pit_ks_calibrated"] = float(kstest(arrays["pit_calibrated"], "uniform").statistic)
+        out[f"{prefix}_crps_calibrated"] = float(np.mean(arrays["crps_calibrated"]))
+    return out
 
 
 def zphot_figure(arrays: dict, path: Path, title: str) -> None:
@@ -206,6 +226,7 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
     import torch
 
     from photoz_spark import registry as reg
+    from photoz_spark.calibration import PitCalibration
     from photoz_spark.model import BiLSTMMDN
     from photoz_spark.serving import PhotozModel, save_model_files
     from photoz_spark.train.feeding import ArrowFeed, PetastormFeed, import_petastorm
@@ -256,11 +277,16 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
         model = BiLSTMMDN(ModelConfig(**mcfg))
         model.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True))
         metrics, plots = {}, {}
+        calibration = None
         for split, prefix in (("validation", "val"), ("test", "test")):
             if counts[split]:
                 data = splits[split] if split in splits else feed.load(split)
-                m, plots[split] = evaluate_split(model, data)
+                m, plots[split] = evaluate_split(model, data, calibration)
                 metrics.update({f"{prefix}_{k}": v for k, v in m.items() if k != "n"})
+                if split == "validation" and cfg["recalibrate"]:
+                    # Fitted on validation PIT, judged on the test split it never saw.
+                    calibration = PitCalibration.fit(plots[split]["pit"], int(cfg["calibration_knots"]))
+                metrics.update(calibration_metrics(plots[split], prefix))
         mlflow.log_metrics(metrics)
         figure = out_dir / "zphot_vs_zspec_test.png"
         if "test" in plots:
@@ -269,7 +295,8 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
         model_dir = out_dir / "model"
         save_model_files(model_dir, model.state_dict(),
                          {"model_config": mcfg, "layout": feed.layout, "stats": feed.stats, "metrics": metrics,
-                          "trained": {"epochs_run": dist["epochs_run"], "best_epoch": dist["best_epoch"]}})
+                          "trained": {"epochs_run": dist["epochs_run"], "best_epoch": dist["best_epoch"]},
+                          **({"calibration": calibration.to_dict()} if calibration else {})})
         sample = _signature_sample(registry, feed.layout)
         prediction = PhotozModel(model_dir, registry).predict_table(pa.Table.from_pandas(sample, preserve_index=False))
         model_uri = reg.log_model(model_dir, sample, prediction)
