@@ -55,6 +55,7 @@ demo: $(VENV)/.installed
 	@# GALEX columns, which the all-bands model then treats as unobserved.
 	$(PY) jobs/crossmatch.py --workdir $(WORKDIR) crossmatch.run=photometric crossmatch.left=sdss 'crossmatch.right=[desi_ls]'
 	$(PY) jobs/score_catalog.py --workdir $(WORKDIR) --input matched/photometric 'score.missing_bands=[galex_fuv,galex_nuv]'
+	$(PY) jobs/evaluate.py --workdir $(WORKDIR)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
