@@ -1,6 +1,6 @@
 """Scoring throughput: jobs/score_catalog.py's stage end to end against raw torch inference.
 
-Run: .venv/bin/python bench/score.py [--rows 1000000] [--band-set all14] [--batch-size 8192]
+Run: .venv/bin/python bench/score.py [--rows 10000000] [--band-set all14] [--batch-size 8192]
 
 Writes a synthetic HATS catalog of --rows rows holding the band set's native columns (toy
 photometry, ids, coordinates over ~3600 deg^2), builds a model of the default conf/train.yaml
@@ -101,7 +101,7 @@ class TreeMemory:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--band-set", default="all14")
     ap.add_argument("--batch-size", type=int, default=8192)
     ap.add_argument("--cores", type=int, default=2)

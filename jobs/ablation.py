@@ -19,7 +19,7 @@ import sys
 
 from photoz_spark import PROJECT_DIR
 from photoz_spark.bands import load_bands
-from photoz_spark.cli import config_option, fail, job_parser, parse_job_args
+from photoz_spark.cli import config_option, fail, job_parser, parse_job_args, start_spark
 from photoz_spark.config import ConfigError, resolve_path
 
 if str(PROJECT_DIR / "jobs") not in sys.path:  # the sibling jobs, when imported rather than run
@@ -38,14 +38,13 @@ def main(argv: list[str] | None = None) -> dict:
     import train
 
     from photoz_spark.evaluate.ablation import AblationSettings, run_ablation
-    from photoz_spark.spark import get_spark
 
     try:
         registry = load_bands(resolve_path(config["bands_file"]))
         AblationSettings.from_config(config["ablation"], registry)
     except (ConfigError, ValueError) as err:
         fail(str(err))
-    get_spark(config)  # one session, shared by every band set's features and training
+    start_spark(config)  # one session, shared by every band set's features and training
     try:
         summary = run_ablation(config, registry, workdir, build_features.main, train.main)
     except (ConfigError, ValueError, FileNotFoundError, ConnectionError) as err:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from photoz_spark.bands import load_bands
-from photoz_spark.cli import config_option, fail, job_parser, parse_job_args
+from photoz_spark.cli import config_option, fail, job_parser, parse_job_args, start_spark
 from photoz_spark.config import ConfigError, resolve_path
 
 
@@ -34,9 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
         fail(str(err))
 
     from photoz_spark.features.run import build_features
-    from photoz_spark.spark import get_spark
 
-    spark = get_spark(config)
+    spark = start_spark(config)
     summary = build_features(spark, config["features"], registry, workdir)
     print_summary(summary)
     return summary

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from photoz_spark.bands import load_bands
-from photoz_spark.cli import fail, job_parser, parse_job_args
+from photoz_spark.cli import fail, job_parser, parse_job_args, start_spark
 from photoz_spark.config import ConfigError, resolve_path
 
 
@@ -28,9 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
         fail(str(err))
 
     from photoz_spark.crossmatch.run import crossmatch
-    from photoz_spark.spark import get_spark
 
-    summary = crossmatch(get_spark(config), plan, workdir)
+    summary = crossmatch(start_spark(config), plan, workdir)
     if plan.algorithm.k == 1 and summary["rows_out"] != summary["rows_in"]:
         raise RuntimeError(f"crossmatch wrote {summary['rows_out']} rows for {summary['rows_in']} left rows; "
                            "with k=1 every left row must give exactly one row")

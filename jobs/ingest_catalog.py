@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 from photoz_spark.bands import load_bands
-from photoz_spark.cli import config_option, fail, job_parser, parse_job_args
+from photoz_spark.cli import config_option, fail, job_parser, parse_job_args, start_spark
 from photoz_spark.config import ConfigError, resolve_path
 
 
@@ -39,10 +39,9 @@ def main(argv: list[str] | None = None) -> dict:
     except (ConfigError, ValueError) as err:
         fail(str(err))
 
-    from photoz_spark.spark import get_spark
 
     try:
-        summary = ingest(get_spark(config), plan, workdir)
+        summary = ingest(start_spark(config), plan, workdir)
     except IngestError as err:  # found while streaming (e.g. a file cut short): nothing was written
         fail(f"{err} (nothing written)")
     print_summary(summary)

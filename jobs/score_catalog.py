@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from photoz_spark.bands import load_bands
-from photoz_spark.cli import config_option, fail, job_parser, parse_job_args
+from photoz_spark.cli import config_option, fail, job_parser, parse_job_args, start_spark
 from photoz_spark.config import ConfigError, resolve_path
 
 
@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> dict:
                   help="catalogs/<name> or matched/<run> under the workdir (sets score.input)")
     config_option(parser, "--model", "score.model_name", metavar="NAME",
                   help="registered model name (sets score.model_name)")
+    config_option(parser, "--version", "score.version", metavar="N",
+                  help="a registered version number; wins over the alias (sets score.version)")
+    config_option(parser, "--alias", "score.alias", metavar="ALIAS",
+                  help="registry alias, default champion (sets score.alias)")
     _, config, workdir = parse_job_args(parser, argv)
     from photoz_spark.scoring.run import plan, resolve_model, score_catalog
 
@@ -40,9 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
         plan(config["score"], registry, workdir, band_set)  # every input problem before Spark starts
     except (ConfigError, ValueError, FileNotFoundError, ConnectionError) as err:
         fail(str(err))
-    from photoz_spark.spark import get_spark
 
-    spark = get_spark(config)
+    spark = start_spark(config)
     summary = score_catalog(spark, config, registry, workdir, files, band_set, bands_file)
     print_summary(summary)
     return summary

@@ -16,7 +16,7 @@ import sys
 import time
 
 from photoz_spark.bands import load_bands
-from photoz_spark.cli import fail, job_parser, parse_job_args
+from photoz_spark.cli import fail, job_parser, parse_job_args, start_spark
 from photoz_spark.config import ConfigError, cache_dir, resolve_path
 
 
@@ -33,9 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from photoz_spark.sim import realism
     from photoz_spark.sim.run import colour_sample, simulate_sky
-    from photoz_spark.spark import get_spark
 
-    spark = get_spark(config)
+    spark = start_spark(config)
     summary = simulate_sky(spark, config["sim"], registry, workdir, bands_file, cache_dir(config))
     if config["sim"]["figure"] and "sdss" in summary["rows"] and "desi_ls" in summary["rows"]:
         t0 = time.time()

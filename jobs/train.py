@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from photoz_spark.bands import load_bands
-from photoz_spark.cli import config_option, fail, job_parser, parse_job_args
+from photoz_spark.cli import config_option, fail, job_parser, parse_job_args, start_spark
 from photoz_spark.config import ConfigError, resolve_path
 
 
@@ -23,7 +23,6 @@ def main(argv: list[str] | None = None) -> dict:
     config_option(parser, "--band-set", "train.band_set", metavar="NAME",
                   help="a band set of conf/bands.yaml (sets train.band_set)")
     _, config, workdir = parse_job_args(parser, argv)
-    from photoz_spark.spark import get_spark
     from photoz_spark.train.run import train_and_register
 
     try:
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
         registry.band_set(config["train"]["band_set"])
     except (ConfigError, ValueError) as err:
         fail(str(err))
-    spark = get_spark(config)
+    spark = start_spark(config)
     try:
         summary = train_and_register(spark, config, registry, workdir)
     except (ConfigError, FileNotFoundError, ConnectionError) as err:

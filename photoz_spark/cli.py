@@ -86,6 +86,18 @@ def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None = Non
     return args, config, Workdir(resolve_path(config["workdir"]))
 
 
+def start_spark(config: dict, extra_conf: dict | None = None):
+    """The job's SparkSession (``spark.get_spark``); a bad ``spark`` setting or a cluster that
+    cannot run the job stops it with one line that names the setting to change."""
+    from photoz_spark.cluster import ClusterError
+    from photoz_spark.spark import get_spark
+
+    try:
+        return get_spark(config, extra_conf)
+    except (ConfigError, ClusterError) as err:
+        fail(str(err))
+
+
 def fail(message: str, code: int = 2) -> None:
     """Stop a job with a one-line message (no stack trace) for errors the user can fix."""
     print(f"error: {message}", file=sys.stderr)

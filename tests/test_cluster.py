@@ -156,6 +156,7 @@ def test_unreachable_master_refused_before_work(tmp_path):
                             text=True, env=submit_env(), cwd=tmp_path, timeout=120)
     assert result.returncode != 0
     assert f"Spark master {url} does not answer" in result.stderr and "spark.master" in result.stderr
+    assert "Traceback" not in result.stderr  # one line that names the setting, not a stack trace
     assert time.time() - t0 < 60 and not (tmp_path / "wd" / "catalogs").exists()
 
 

@@ -140,6 +140,12 @@ def test_ordering_checks_follow_the_paper():
     assert checks[2]["status"] == "✗"                                 # all14 now has the highest f_out
     close = [row("optical8", 0.0500, 0.10), row("optical_wise12", 0.0501, 0.10)]
     assert "within the statistical noise" in abl.ordering_checks(close)[3]["text"]
+    # Beyond the noise: under-training is named when a model stopped at max_epochs, not early.
+    unfinished = [{**swapped[0], "stopped_early": False, "best_epoch": 14, "epochs_run": 15}, *paper[1:]]
+    text = abl.ordering_checks(unfinished)[0]["text"]
+    assert "under-trained" in text and "all14 best epoch 14 of 15" in text and "max_epochs" in text
+    converged = [{**r, "stopped_early": True} for r in unfinished]
+    assert "both models trained to early stopping" in abl.ordering_checks(converged)[0]["text"]
 
 
 def test_split_disagreement_is_refused():

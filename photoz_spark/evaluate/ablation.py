@@ -139,15 +139,31 @@ def _noise(metric: str, a: dict, b: dict) -> float:
     return math.sqrt(sum(var))
 
 
+TRAINING_KEYS = ("epochs_run", "best_epoch", "stopped_early")   # from the model's model.json ("trained")
+
+
+def _undertrained(row: dict) -> bool:
+    """The model hit train.max_epochs without early stopping: its validation loss was still improving."""
+    return row.get("stopped_early") is False
+
+
 def _why(metric: str, better: dict, worse: dict) -> str:
-    """Why a measured ordering may differ from the paper's: within the noise, or not."""
+    """Why a measured ordering may differ from the paper's: within the noise, under-training, or not known."""
     delta, noise = abs(better[metric] - worse[metric]), 2 * _noise(metric, better, worse)
     if delta <= noise:
         return (f"because the difference ({delta:.4f}) is within the statistical noise of the test split "
                 f"(±{noise:.4f}, 2σ for N = {worse['n']:,} / {better['n']:,})")
-    return (f"because this data and training do not reproduce the paper's ordering: the difference ({delta:.4f}) "
-            f"exceeds the statistical noise (±{noise:.4f}, 2σ), so it is real for these models (e.g. too few epochs "
-            "for the longer input, or photometry whose extra bands add no redshift information)")
+    unfinished = [r for r in (worse, better) if _undertrained(r)]
+    if unfinished:
+        runs = ", ".join(f"{r['band_set']} best epoch {r['best_epoch']} of {r['epochs_run']}" for r in unfinished)
+        return (f"because the models are under-trained: the difference ({delta:.4f}) exceeds the test split's "
+                f"statistical noise (±{noise:.4f}, 2σ), but training stopped at train.max_epochs with the validation "
+                f"loss still improving ({runs}; the paper trains to early stopping), so the ordering shows how fast "
+                "each input trains rather than what its bands carry; rerun with more epochs, e.g. "
+                "'ablation.train_overrides=[train.max_epochs=200]'")
+    return (f"because this data does not reproduce the paper's ordering: the difference ({delta:.4f}) exceeds "
+            f"the statistical noise (±{noise:.4f}, 2σ) and both models trained to early stopping, so it is real "
+            "for these models (e.g. photometry whose extra bands add no redshift information)")
 
 
 LABELS = {"sigma_nmad": "σ_NMAD", "f_out": "f_out"}
@@ -221,9 +237,9 @@ def _evaluate_version(config: dict, workdir, registry, name: str, version: str, 
     lookup = {"score": {"model_name": name, "version": version, "alias": "", "experiment": experiment},
               "mlflow": config["mlflow"]}
     files, directory = resolve_model(lookup, workdir)
-    evaluation = evaluate_model(PhotozModel(directory, registry), catalog,
-                                EvalSettings(splits=("test",), batch_size=batch_size, example_z=()))
-    return files, evaluation
+    model = PhotozModel(directory, registry)
+    evaluation = evaluate_model(model, catalog, EvalSettings(splits=("test",), batch_size=batch_size, example_z=()))
+    return files, evaluation, model.meta.get("trained", {})
 
 
 def prepare_features(config: dict, settings: AblationSettings, registry, workdir, build_main) -> dict[str, dict]:
@@ -301,11 +317,11 @@ def run_ablation(config: dict, registry, workdir, build_main, train_main) -> dic
                                               workdir, train_main)
         experiment = train_config["train"]["experiment"]
         reg.connect(uri, workdir, experiment)
-        files, evaluation = _evaluate_version(config, workdir, registry, settings.model_name(band_set), version,
+        files, evaluation, trained = _evaluate_version(config, workdir, registry, settings.model_name(band_set), version,
                                               experiment, catalogs[band_set], settings.batch_size)
         steps[band_set]["model_uri"] = files.uri
         row = {"band_set": band_set, "n_bands": len(registry.band_set(band_set)), "model": settings.model_name(band_set),
-               "version": version, **evaluation.table1[0]}
+               "version": version, **{k: trained.get(k) for k in TRAINING_KEYS}, **evaluation.table1[0]}
         table2.append(row)
         panels.append({"label": f"{band_set} ({row['n_bands']} bands)", "z_spec": evaluation.test.z_spec,
                        "z_phot": evaluation.test.z_phot, "metrics": row})

@@ -200,7 +200,8 @@ def pit_figure(pit, path: Path, title: str, pit_calibrated=None, calibrated_labe
     fig, (hist, qq) = plt.subplots(1, 2, figsize=(10, 4.6))
     bins = np.linspace(0, 1, 21)
     for label, values, colour in series:
-        hist.hist(values, bins=bins, density=True, histtype="step", lw=1.5, color=colour, label=label)
+        density, _ = np.histogram(values, bins=bins, density=True)
+        hist.stairs(density, bins, baseline=None, lw=1.5, color=colour, label=label)  # no edge drawn down to 0
         levels = (np.arange(len(values)) + 0.5) / max(len(values), 1)
         qq.plot(levels, np.sort(values), color=colour, lw=1.5, label=label)
     hist.axhline(1.0, color="k", ls="--", lw=0.8, label="uniform (calibrated)")

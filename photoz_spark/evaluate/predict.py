@@ -103,25 +103,40 @@ def predict_split(model, catalog: LabelledCatalog, split: str, batch_size: int,
     Returns:
         The split's per-object results.
     """
-    parts: dict[str, list] = {k: [] for k in ("z_spec", "z_phot", "crps", "pit", "cal_z_phot", "cal_crps", "cal_pit")}
+    parts: list[dict] = []
     best: list[tuple[float, Example] | None] = [None] * len(example_z)
     for raw, observed, z_spec in catalog.batches(split, batch_size):
         w, mu, sigma = model.mixture_of(raw, observed)
-        z = torch.from_numpy(z_spec).to(mu.device)
-        z_phot = mdn.mean(w, mu)
-        for key, value in (("z_spec", z), ("z_phot", z_phot), ("crps", mdn.crps(w, mu, sigma, z)),
-                           ("pit", mdn.pit(w, mu, sigma, z))):
-            parts[key].append(value.cpu().numpy())
-        if calibration is not None:
-            parts["cal_z_phot"].append(cal.mean_std_mode(w, mu, sigma, calibration)[0].cpu().numpy())
-            parts["cal_crps"].append(cal.crps(w, mu, sigma, z, calibration).cpu().numpy())
-            parts["cal_pit"].append(cal.pit(w, mu, sigma, z, calibration).cpu().numpy())
-        _keep_examples(best, example_z, z_spec, z_phot.cpu().numpy(), w, mu, sigma)
-    arrays = {k: np.concatenate(v).astype(float) if v else np.zeros(0) for k, v in parts.items()}
-    calibrated = ({"z_phot": arrays["cal_z_phot"], "crps": arrays["cal_crps"], "pit": arrays["cal_pit"]}
-                  if calibration is not None else {})
+        parts.append(object_scores(w, mu, sigma, torch.from_numpy(z_spec).to(mu.device), calibration))
+        _keep_examples(best, example_z, z_spec, parts[-1]["z_phot"], w, mu, sigma)
+    arrays = concat_scores(parts, calibration is not None)
+    calibrated = {k.removeprefix("cal_"): arrays[k] for k in CALIBRATED_SCORES if k in arrays}
     return SplitResult(split, arrays["z_spec"], arrays["z_phot"], arrays["crps"], arrays["pit"], calibrated,
                        [b[1] for b in best if b is not None])
+
+
+SCORES = ("z_spec", "z_phot", "crps", "pit")
+CALIBRATED_SCORES = ("cal_z_phot", "cal_crps", "cal_pit")
+
+
+def object_scores(w, mu, sigma, z, calibration: PitCalibration | None = None) -> dict[str, np.ndarray]:
+    """Per-object z_spec, z_phot (mixture mean), CRPS and PIT of one batch of mixtures.
+
+    With a ``calibration`` also ``cal_z_phot``, ``cal_crps``, ``cal_pit``: the same for the
+    recalibrated PDFs. Training's validation/test evaluation and ``predict_split`` share it.
+    """
+    scores = {"z_spec": z, "z_phot": mdn.mean(w, mu), "crps": mdn.crps(w, mu, sigma, z),
+              "pit": mdn.pit(w, mu, sigma, z)}
+    if calibration is not None:
+        scores.update(cal_z_phot=cal.mean_std_mode(w, mu, sigma, calibration)[0],
+                      cal_crps=cal.crps(w, mu, sigma, z, calibration), cal_pit=cal.pit(w, mu, sigma, z, calibration))
+    return {k: v.detach().cpu().numpy() for k, v in scores.items()}
+
+
+def concat_scores(parts: list[dict], calibrated: bool) -> dict[str, np.ndarray]:
+    """Join the batches of ``object_scores`` into float64 arrays (empty arrays for no rows)."""
+    keys = SCORES + (CALIBRATED_SCORES if calibrated else ())
+    return {k: np.concatenate([p[k] for p in parts]).astype(float) if parts else np.zeros(0) for k in keys}
 
 
 def _keep_examples(best: list, targets, z_spec: np.ndarray, z_phot: np.ndarray, w, mu, sigma) -> None:

@@ -37,7 +37,7 @@ class EvalSettings:
     batch_size: int = 4096
     z_bins: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
     example_z: tuple[float, ...] = (0.8, 1.6, 2.4, 3.2)
-    calibration_knots: int = 50
+    calibration_knots: int = 20
 
     @classmethod
     def from_config(cls, cfg: dict) -> EvalSettings:
@@ -195,13 +195,7 @@ def _resolve(config: dict, workdir):
     from photoz_spark import registry as reg
     from photoz_spark.scoring.run import resolve_model
 
-    cfg = config["evaluate"]
-    lookup = {"score": {k: cfg[k] for k in ("model_name", "alias", "version", "experiment")}, "mlflow": config["mlflow"]}
-    try:
-        files, directory = resolve_model(lookup, workdir)
-    except ValueError as err:  # resolve_model names the scoring job's keys
-        raise ValueError(str(err).replace("score.model_name / score.version",
-                                          "--model-name / --version (evaluate.model_name / evaluate.version)")) from None
+    files, directory = resolve_model(config, workdir, "evaluate")
     uri = reg.tracking_uri(config, workdir)
     run_id = MlflowClient(uri, registry_uri=uri).get_model_version(files.name, files.version).run_id
     return files, directory, uri, run_id

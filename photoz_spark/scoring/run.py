@@ -139,8 +139,17 @@ def _checked_precision(model, files: ModelFiles, device: str, runtime: Runtime, 
     return _PRECISION[key]
 
 
-def resolve_model(config: dict, workdir) -> tuple[ModelFiles, Path]:
+def resolve_model(config: dict, workdir, section: str = "score") -> tuple[ModelFiles, Path]:
     """Download ``models:/<name>@<alias>`` (or ``/<version>``) from the registry.
+
+    Args:
+        config: the job configuration; ``config[section]`` has model_name, alias, version and
+            experiment (the keys a user sets, so the error message names them).
+        workdir: the job's Workdir (the embedded registry lives there).
+        section: the config section naming the model: score (scoring) or evaluate.
+
+    Returns:
+        The model's files and the local folder they were downloaded to.
 
     Raises:
         ConnectionError: the tracking server does not answer.
@@ -151,7 +160,7 @@ def resolve_model(config: dict, workdir) -> tuple[ModelFiles, Path]:
 
     from photoz_spark import registry as reg
 
-    cfg = config["score"]
+    cfg = config[section]
     uri = reg.tracking_uri(config, workdir)
     reg.connect(uri, workdir, cfg["experiment"])
     client = MlflowClient(uri, registry_uri=uri)
@@ -162,8 +171,9 @@ def resolve_model(config: dict, workdir) -> tuple[ModelFiles, Path]:
         client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as err:
         what = f"version {version}" if cfg["version"] else f"alias '{cfg['alias']}'"
-        raise ValueError(f"model {name!r} {what} not found in the registry at {uri} "
-                         "(train one with jobs/train.py, or set score.model_name / score.version)") from err
+        raise ValueError(f"model {name!r} {what} not found in the registry at {uri} (train one with "
+                         f"jobs/train.py, or set {section}.model_name and {section}.version or "
+                         f"{section}.alias)") from err
     model_uri = f"models:/{name}/{version}"
     directory = reg.download_model(model_uri)
     return ModelFiles.from_dir(directory, name, version, model_uri), directory

@@ -164,60 +164,35 @@ def clean_run_dir(out_dir: Path) -> None:
 
 
 def evaluate_split(model, data, calibration=None) -> tuple[dict, dict]:
-    """Point and CRPS metrics of ``model`` on one split's FeatureData, plus the arrays for plots.
+    """Point and CRPS metrics of ``model`` on one split's FeatureData, plus the per-object arrays.
 
     The metrics are those of the network's own PDFs; with a ``calibration`` the arrays also hold
-    the recalibrated PDFs' PIT and CRPS (``pit_calibrated``, ``crps_calibrated``).
+    the recalibrated PDFs' z_phot, CRPS and PIT (``cal_*``, see ``evaluate.predict.object_scores``).
     """
     import torch
 
-    from photoz_spark import calibration as cal
+    from photoz_spark.evaluate.predict import concat_scores, object_scores
     from photoz_spark.metrics import point_metrics
-    from photoz_spark.model import mdn, mixture
+    from photoz_spark.model import mixture
     from photoz_spark.train.feeding import eval_batches
 
-    parts: dict[str, list] = {"z_phot": [], "crps": [], "pit": [], "crps_calibrated": [], "pit_calibrated": []}
     model.eval()
     with torch.inference_mode():
-        for features, observed, z in eval_batches(data):
-            w, mu, sigma = mixture(*model(features, observed))
-            parts["z_phot"].append(mdn.mean(w, mu))
-            parts["crps"].append(mdn.crps(w, mu, sigma, z))
-            parts["pit"].append(mdn.pit(w, mu, sigma, z))
-            if calibration is not None:
-                parts["crps_calibrated"].append(cal.crps(w, mu, sigma, z, calibration))
-                parts["pit_calibrated"].append(cal.pit(w, mu, sigma, z, calibration))
-    arrays = {"z_spec": data.z.numpy(), **{k: torch.cat(v).numpy() for k, v in parts.items() if v}}
+        parts = [object_scores(*mixture(*model(features, observed)), z, calibration)
+                 for features, observed, z in eval_batches(data)]
+    arrays = concat_scores(parts, calibration is not None)
     return point_metrics(arrays["z_phot"], arrays["z_spec"], arrays["crps"]), arrays
 
 
 def calibration_metrics(arrays: dict, prefix: str) -> dict:
     """PIT KS statistic (and mean CRPS) before and, when present, after recalibration."""
-    from scipy.stats import kstest
+    from photoz_spark.metrics import pit_statistics
 
-    out = {f"{prefix}_pit_ks": float(kstest(arrays["pit"], "uniform").statistic)}
-    if "pit_calibrated" in arrays:
-        out[f"{prefix}_pit_ks_calibrated"] = float(kstest(arrays["pit_calibrated"], "uniform").statistic)
-        out[f"{prefix}_crps_calibrated"] = float(np.mean(arrays["crps_calibrated"]))
+    out = {f"{prefix}_pit_ks": pit_statistics(arrays["pit"])["pit_ks"]}
+    if "cal_pit" in arrays:
+        out[f"{prefix}_pit_ks_calibrated"] = pit_statistics(arrays["cal_pit"])["pit_ks"]
+        out[f"{prefix}_crps_calibrated"] = float(np.mean(arrays["cal_crps"]))
     return out
-
-
-def zphot_figure(arrays: dict, path: Path, title: str) -> None:
-    """z_phot vs z_spec density with the +-0.15(1+z) outlier lines."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.hexbin(arrays["z_spec"], arrays["z_phot"], gridsize=80, extent=(0, 5.5, 0, 5.5), bins="log", cmap="viridis")
-    z = np.linspace(0, 5.5, 2)
-    ax.plot(z, z, "w-", lw=0.8)
-    for sign in (1, -1):
-        ax.plot(z, z + sign * 0.15 * (1 + z), "w--", lw=0.8)
-    ax.set(xlabel="z_spec", ylabel="z_phot (PDF mean)", title=title, xlim=(0, 5.5), ylim=(0, 5.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def train_and_register(spark, config: dict, registry, workdir) -> dict:
@@ -227,6 +202,7 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
 
     from photoz_spark import registry as reg
     from photoz_spark.calibration import PitCalibration
+    from photoz_spark.evaluate.figures import zphot_figure
     from photoz_spark.model import BiLSTMMDN
     from photoz_spark.serving import PhotozModel, save_model_files
     from photoz_spark.train.feeding import ArrowFeed, PetastormFeed, import_petastorm
@@ -290,12 +266,15 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
         mlflow.log_metrics(metrics)
         figure = out_dir / "zphot_vs_zspec_test.png"
         if "test" in plots:
-            zphot_figure(plots["test"], figure, f"{cfg['model_name']} ({cfg['band_set']}), test split")
+            zphot_figure(plots["test"]["z_spec"], plots["test"]["z_phot"], figure,
+                         f"{cfg['model_name']} ({cfg['band_set']}), test split",
+                         {"n": counts["test"], "sigma_nmad": metrics["test_sigma_nmad"], "f_out": metrics["test_f_out"]})
             mlflow.log_artifact(str(figure), "plots")
         model_dir = out_dir / "model"
         save_model_files(model_dir, model.state_dict(),
                          {"model_config": mcfg, "layout": feed.layout, "stats": feed.stats, "metrics": metrics,
-                          "trained": {"epochs_run": dist["epochs_run"], "best_epoch": dist["best_epoch"]},
+                          "trained": {"epochs_run": dist["epochs_run"], "best_epoch": dist["best_epoch"],
+                                      "stopped_early": dist["stopped_early"], "max_epochs": cfg["max_epochs"]},
                           **({"calibration": calibration.to_dict()} if calibration else {})})
         sample = _signature_sample(registry, feed.layout)
         prediction = PhotozModel(model_dir, registry).predict_table(pa.Table.from_pandas(sample, preserve_index=False))
