@@ -31,7 +31,7 @@ class PitCalibration:
     levels: tuple[float, ...]
 
     @classmethod
-    def fit(cls, pit_values, n_knots: int = 20) -> PitCalibration:
+    def fit(cls, pit_values, n_knots: int = 50) -> PitCalibration:
         """Fit G to PIT values of held-out objects (the validation split).
 
         Args:

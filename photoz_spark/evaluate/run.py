@@ -37,7 +37,7 @@ class EvalSettings:
     batch_size: int = 4096
     z_bins: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
     example_z: tuple[float, ...] = (0.8, 1.6, 2.4, 3.2)
-    calibration_knots: int = 20
+    calibration_knots: int = 50
 
     @classmethod
     def from_config(cls, cfg: dict) -> EvalSettings:
