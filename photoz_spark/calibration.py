@@ -98,7 +98,19 @@ def quantiles(w, mu, sigma, qs, calibration: PitCalibration | None, iterations: 
 
 def mean_std_mode(w, mu, sigma, calibration: PitCalibration,
                   iterations: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean, standard deviation and mode [N] of the calibrated PDF, in closed form.
+    """Mean, standard deviation and mode [N] of the calibrated PDF, in closed form (``_moments``)."""
+    mean, std, inner, slopes = _moments(w, mu, sigma, calibration, iterations)
+    return mean, std, _calibrated_mode(w, mu, sigma, inner, slopes)
+
+
+def mean_std(w, mu, sigma, calibration: PitCalibration, iterations: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation [N] of the calibrated PDF, without the (costlier) mode."""
+    return _moments(w, mu, sigma, calibration, iterations)[:2]
+
+
+def _moments(w, mu, sigma, calibration: PitCalibration, iterations: int):
+    """Mean and std [N] of the calibrated PDF, with the raw quantiles at the inner knots [N, J]
+    and the slopes of G [J + 1] that the mode needs.
 
     G is linear between knots, so the calibrated density is the mixture density times the slope
     s_j of G on segment j, i.e. between the raw quantiles Q(k_j) and Q(k_j+1). Mean and second
@@ -122,7 +134,7 @@ def mean_std_mode(w, mu, sigma, calibration: PitCalibration,
     moment2 = (w[:, None, :] * (m * m * d0 + 2 * m * s * d1 + s * s * d2)).sum(-1)
     mean = (slopes * moment1).sum(-1)
     std = ((slopes * moment2).sum(-1) - mean ** 2).clamp_min(0.0).sqrt()
-    return mean, std, _calibrated_mode(w, mu, sigma, inner, slopes)
+    return mean, std, inner, slopes
 
 
 def _calibrated_mode(w, mu, sigma, inner: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:

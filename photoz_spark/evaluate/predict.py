@@ -128,7 +128,7 @@ def object_scores(w, mu, sigma, z, calibration: PitCalibration | None = None) ->
     scores = {"z_spec": z, "z_phot": mdn.mean(w, mu), "crps": mdn.crps(w, mu, sigma, z),
               "pit": mdn.pit(w, mu, sigma, z)}
     if calibration is not None:
-        scores.update(cal_z_phot=cal.mean_std_mode(w, mu, sigma, calibration)[0],
+        scores.update(cal_z_phot=cal.mean_std(w, mu, sigma, calibration)[0],
                       cal_crps=cal.crps(w, mu, sigma, z, calibration), cal_pit=cal.pit(w, mu, sigma, z, calibration))
     return {k: v.detach().cpu().numpy() for k, v in scores.items()}
 
