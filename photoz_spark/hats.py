@@ -410,6 +410,91 @@ def write_hats(df, path, *, order: int, ra_col: str, dec_col: str, catalog_name:
     )
 
 
+def _source_pixels(catalog: Path) -> list[tuple[int, str]]:
+    """(Npix, data file relative to ``dataset/``) of every pixel, biggest file first."""
+    order = int(read_properties(catalog)["hats_order"])
+    lines = (catalog / PARTITION_INFO_FILE).read_text().split()[1:]
+    pixels = [(int(line.split(",")[1]), pixel_relpath(order, int(line.split(",")[1]))) for line in lines]
+    return sorted(pixels, key=lambda px: -(catalog / DATASET_DIR / px[1]).stat().st_size)
+
+
+def _executor_mapper(source_dataset: str, dataset_dir: str, order: int, fn, columns: list[str],
+                     batch_size: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator]:
+    """The ``mapInArrow`` function of ``map_hats``: map each listed source pixel into its output file."""
+
+    def run(tasks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        counts: dict[int, int] = {}
+        for task in tasks:
+            for npix, relpath in zip(task.column("Npix").to_pylist(), task.column("path").to_pylist()):
+                source = pq.ParquetFile(Path(source_dataset) / relpath)
+                written = _write_pixel_files(fn(source.iter_batches(batch_size=batch_size, columns=columns)),
+                                             dataset_dir, order)
+                if set(written) - {npix}:  # another task may be writing that pixel: never commit it
+                    raise ValueError(f"the mapped rows of pixel {npix} fall in pixels {sorted(written)}: "
+                                     f"map_hats functions must keep {HEALPIX_COLUMN}")
+                counts.update(written)
+        yield pa.RecordBatch.from_pydict({"Npix": list(counts), "n_rows": list(counts.values())},
+                                         schema=_COUNTS_SCHEMA)
+
+    return run
+
+
+def map_hats(spark, source, path, fn: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]], *,
+             columns: list[str], schema: pa.Schema, catalog_name: str, batch_size: int = 65_536,
+             extra_properties: dict | None = None) -> dict:
+    """Write a catalog whose every pixel is ``fn`` of the same pixel of ``source``: no shuffle.
+
+    One Spark task per source pixel reads its file with pyarrow in batches, passes them through
+    ``fn`` and streams the result into the output file of the same pixel, so rows go from disk
+    to disk without a trip through the JVM or a shuffle (``write_hats`` repartitions and sorts).
+    Tasks are queued biggest file first, so the small pixels fill the cores at the end. A
+    catalog with fewer pixels than cores leaves cores idle.
+
+    Args:
+        spark: the SparkSession.
+        source: a HATS catalog folder, visible to every executor.
+        path: the output catalog folder; replaced only once the new catalog is complete.
+        fn: runs on the executors, once per pixel: gets the pixel's batches (``columns`` only,
+            in file order) and yields output batches of ``schema``, keeping ``_healpix_29`` and
+            the row order (a pixel's output is one sorted run, as in the input).
+        columns: the source columns ``fn`` reads.
+        schema: the output schema (recorded even when there are no rows).
+        catalog_name: recorded as ``obs_collection``.
+        batch_size: rows per batch read.
+        extra_properties: more ``properties`` keys (may not override computed ones).
+
+    Returns:
+        Summary dict: path, n_rows, n_partitions, order.
+
+    Raises:
+        ValueError: ``columns`` not all in ``source``, or ``schema`` lacks the coordinates.
+    """
+    catalog = _require_catalog(source)
+    props = read_properties(catalog)
+    order, ra_col, dec_col = int(props["hats_order"]), props["hats_col_ra"], props["hats_col_dec"]
+    missing = [c for c in columns if c not in read_schema(catalog).names]
+    if missing:
+        raise ValueError(f"{catalog} lacks columns {', '.join(missing)}")
+    h29 = schema.field(HEALPIX_COLUMN) if HEALPIX_COLUMN in schema.names else None
+    _check_columns(schema.names, str(h29.type) if h29 else None, ra_col=ra_col, dec_col=dec_col, order=order)
+    pixels = _source_pixels(catalog)
+
+    def write_pixels(dataset_dir: Path) -> dict[int, int]:
+        if not pixels:
+            return {}
+        # One partition per pixel, in list order (Spark schedules partitions in index order).
+        tasks = spark.sparkContext.parallelize(pixels, len(pixels)).toDF("Npix long, path string")
+        mapper = _executor_mapper(str(catalog / DATASET_DIR), str(dataset_dir), order, fn, list(columns), batch_size)
+        counts: dict[int, int] = {}
+        for row in tasks.mapInArrow(mapper, _COUNTS_DDL).collect():
+            counts[row.Npix] = row.n_rows
+        return counts
+
+    return _write_catalog(path, write_pixels, order=order, ra_col=ra_col, dec_col=dec_col,
+                          catalog_name=catalog_name, extra_properties=extra_properties,
+                          columns=schema.names, fallback_schema=schema)
+
+
 def read_properties(path) -> dict[str, str]:
     """Read a catalog's ``properties`` file.
 

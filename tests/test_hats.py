@@ -8,6 +8,7 @@ from pathlib import Path
 import healpy as hp
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -237,3 +238,80 @@ def test_empty_dataframe_gives_empty_catalog(spark, tmp_path):
     assert summary["n_rows"] == 0 and summary["n_partitions"] == 0
     back = hats.read_hats(spark, tmp_path / "cat")
     assert back.count() == 0 and back.columns == df.columns
+
+
+# --- map_hats: pixel to pixel, no shuffle -------------------------------------------------------
+
+def double_mag():
+    """The map function; made in a function so Spark pickles it by value (workers lack this module)."""
+
+    def run(batches):
+        for batch in batches:
+            yield batch.append_column("mag2", pc.multiply(batch["mag"], 2))
+
+    return run
+
+
+MAPPED_SCHEMA = pa.schema([("id", pa.int64()), ("ra", pa.float64()), ("dec", pa.float64()), ("mag", pa.float32()),
+                           ("_healpix_29", pa.int64()), ("mag2", pa.float32())])
+
+
+def polar_cap() -> pa.Table:
+    """The sky table north of Dec 60: about 200 rows in a dozen pixels (one Spark task each)."""
+    table = sky_table()
+    return table.filter(pc.greater(table["dec"], 60.0))
+
+
+def test_map_hats_maps_each_pixel_into_the_same_pixel(spark, tmp_path):
+    table = polar_cap()
+    hats.write_hats_table(table.append_column("junk", pa.array(np.zeros(table.num_rows))), tmp_path / "src",
+                          order=ORDER, ra_col="ra", dec_col="dec", catalog_name="sky")
+    summary = hats.map_hats(spark, tmp_path / "src", tmp_path / "out", double_mag(),
+                            columns=["id", "ra", "dec", "mag", "_healpix_29"], schema=MAPPED_SCHEMA,
+                            catalog_name="mapped", batch_size=7, extra_properties={"photoz_seed": 1})
+    expected = table.append_column("mag2", pc.multiply(table["mag"], 2))
+    check_catalog(tmp_path / "out", expected, "mapped")  # also: only the columns read, rows sorted
+    assert summary["n_rows"] == table.num_rows and summary["n_partitions"] == len(data_files(tmp_path / "src"))
+    for npix, path in data_files(tmp_path / "out").items():  # each file keeps its source file's row order
+        source = pq.read_table(data_files(tmp_path / "src")[npix])
+        out = pq.read_table(path)
+        assert out["id"].to_pylist() == source["id"].to_pylist()
+        assert np.array_equal(out["mag2"].to_numpy(), 2 * source["mag"].to_numpy())
+    assert hats.read_properties(tmp_path / "out")["photoz_seed"] == "1"
+    assert no_leftovers(tmp_path)
+
+
+def test_map_hats_refuses_rows_moved_to_another_pixel(spark, tmp_path):
+    table = polar_cap()
+    hats.write_hats_table(table, tmp_path / "src", order=ORDER, ra_col="ra", dec_col="dec", catalog_name="sky")
+    hats.map_hats(spark, tmp_path / "src", tmp_path / "out", double_mag(), columns=table.column_names,
+                  schema=MAPPED_SCHEMA, catalog_name="mapped")
+
+    add_mag2 = double_mag()
+
+    def move(batches):  # every row to pixel 0 of the order: two tasks would write one file
+        for batch in add_mag2(batches):
+            yield batch.set_column(4, "_healpix_29", pa.array(np.zeros(batch.num_rows, dtype=np.int64)))
+
+    with pytest.raises(Exception, match="must keep _healpix_29"):
+        hats.map_hats(spark, tmp_path / "src", tmp_path / "out", move, columns=table.column_names,
+                      schema=MAPPED_SCHEMA, catalog_name="moved")
+    assert hats.read_properties(tmp_path / "out")["obs_collection"] == "mapped"  # earlier catalog kept
+    assert no_leftovers(tmp_path)
+
+
+def test_map_hats_checks_columns_and_maps_empty_catalogs(spark, tmp_path):
+    table = polar_cap()
+    hats.write_hats_table(table, tmp_path / "src", order=ORDER, ra_col="ra", dec_col="dec", catalog_name="sky")
+    with pytest.raises(ValueError, match="lacks columns flux_u, flux_g"):
+        hats.map_hats(spark, tmp_path / "src", tmp_path / "out", double_mag(),
+                      columns=["id", "flux_u", "flux_g"], schema=MAPPED_SCHEMA, catalog_name="x")
+    assert not (tmp_path / "out").exists()
+
+    hats.write_hats_table(table.slice(0, 0), tmp_path / "empty", order=ORDER, ra_col="ra", dec_col="dec",
+                          catalog_name="empty")
+    summary = hats.map_hats(spark, tmp_path / "empty", tmp_path / "out", double_mag(),
+                            columns=table.column_names, schema=MAPPED_SCHEMA, catalog_name="mapped")
+    assert summary["n_rows"] == 0 and summary["n_partitions"] == 0
+    assert hats.read_schema(tmp_path / "out") == MAPPED_SCHEMA
+    assert hats.read_hats(spark, tmp_path / "out").count() == 0

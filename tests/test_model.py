@@ -121,3 +121,48 @@ def test_resume_after_kill_equals_unbroken_run(tmp_path):
     _, resumed = _fit(tmp_path, max_epochs=5)
     assert len(resumed.history) == 5
     assert [r["val_loss"] for r in resumed.history] == pytest.approx([r["val_loss"] for r in unbroken.history])
+
+
+def test_inference_batch_norm_is_the_batch_norm_affine_map():
+    torch.manual_seed(0)
+    net = BiLSTMMDN(ModelConfig(n_steps=5, hidden1=8, hidden2=4, dense=8, n_components=3))
+    with torch.no_grad():
+        for norm in (net.norm1, net.norm2):
+            norm.running_mean.uniform_(-1.0, 1.0)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(32, 5, 16)
+    net.eval()
+    expected = torch.nn.BatchNorm1d.forward(net.norm1, x.transpose(1, 2)).transpose(1, 2)
+    assert torch.allclose(net.norm1(x), expected, atol=1e-5)
+    net.train()  # training still normalises with the batch's own statistics
+    y = net.norm1(x)
+    assert torch.allclose(((y - net.norm1.bias) / net.norm1.weight).mean(dim=(0, 1)), torch.zeros(16), atol=1e-5)
+
+
+def test_cpu_chunks_give_the_same_mixture(tmp_path, monkeypatch):
+    from photoz_spark import serving
+    from photoz_spark.bands import load_bands
+    from photoz_spark.features.sequencing import sequence
+    from photoz_spark.features.stats import compute_stats
+    from photoz_spark.toy import toy_matched_table
+
+    # 384 rows x 14 steps x 2 directions x 4 gates x 128 x 4 B = 21 MiB, under the 24 MiB budget
+    assert serving.cpu_chunk_rows(ModelConfig(n_steps=14)) == 384
+    assert serving.cpu_chunk_rows(ModelConfig(n_steps=14, hidden1=4096)) == 64
+    registry = load_bands()
+    band_set = registry.band_set("sdss_wise9")
+    raw, observed, _ = sequence(toy_matched_table(300, 3), band_set, registry)
+    config = ModelConfig(n_steps=len(band_set), hidden1=8, hidden2=4, dense=8, n_components=3)
+    torch.manual_seed(1)
+    layout = {"band_set": band_set.name, "bands": band_set.names, "n_steps": len(band_set), "n_channels": 2}
+    serving.save_model_files(tmp_path, BiLSTMMDN(config).state_dict(), {
+        "model_config": config.to_dict(), "layout": layout, "stats": compute_stats(raw, observed, band_set)})
+    model = serving.PhotozModel(tmp_path, registry)
+    whole = model.mixture_of(raw, observed)                       # 300 rows: one call
+    monkeypatch.setattr(serving, "CPU_ACTIVATION_BYTES", 1)       # 64-row chunks: five calls
+    chunked = model.mixture_of(raw, observed)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.shape == (300, 3) and torch.allclose(a, b, atol=1e-6)
+    assert [t.shape for t in model.mixture_of(raw[:0], observed[:0])] == [(0, 3)] * 3

@@ -228,15 +228,12 @@ def ablation_markdown(table2: list[dict], checks: list[dict], agreement: dict, s
     return "\n".join(lines)
 
 
-def _evaluate_version(config: dict, workdir, registry, name: str, version: str, experiment: str, catalog,
-                      batch_size: int):
-    """(ModelFiles, test-split Evaluation) of registered ``name`` version ``version``."""
-    from photoz_spark.scoring.run import resolve_model
+def _evaluate_version(registry, name: str, version: str, catalog, batch_size: int):
+    """(ModelFiles, test-split Evaluation, training record) of registered ``name`` version ``version``."""
+    from photoz_spark.scoring.run import download_version
     from photoz_spark.serving import PhotozModel
 
-    lookup = {"score": {"model_name": name, "version": version, "alias": "", "experiment": experiment},
-              "mlflow": config["mlflow"]}
-    files, directory = resolve_model(lookup, workdir)
+    files, directory = download_version(name, version)
     model = PhotozModel(directory, registry)
     evaluation = evaluate_model(model, catalog, EvalSettings(splits=("test",), batch_size=batch_size, example_z=()))
     return files, evaluation, model.meta.get("trained", {})
@@ -317,8 +314,8 @@ def run_ablation(config: dict, registry, workdir, build_main, train_main) -> dic
                                               workdir, train_main)
         experiment = train_config["train"]["experiment"]
         reg.connect(uri, workdir, experiment)
-        files, evaluation, trained = _evaluate_version(config, workdir, registry, settings.model_name(band_set), version,
-                                              experiment, catalogs[band_set], settings.batch_size)
+        files, evaluation, trained = _evaluate_version(registry, settings.model_name(band_set), version,
+                                                       catalogs[band_set], settings.batch_size)
         steps[band_set]["model_uri"] = files.uri
         row = {"band_set": band_set, "n_bands": len(registry.band_set(band_set)), "model": settings.model_name(band_set),
                "version": version, **{k: trained.get(k) for k in TRAINING_KEYS}, **evaluation.table1[0]}

@@ -120,4 +120,4 @@ def standardise(features: np.ndarray, observed: np.ndarray, stats: dict) -> np.n
         raise ValueError(f"observed has {observed.shape[1:]} steps, the statistics {len(mean)}")
     x = _steps(features, len(mean))
     scaled = np.where(observed[:, :, None], (x - mean) / std, 0.0)
-    return scaled.reshape(len(x), -1).astype(np.float32)
+    return scaled.reshape(len(x), scaled.shape[1] * scaled.shape[2]).astype(np.float32)  # 0 rows too

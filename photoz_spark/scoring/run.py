@@ -2,9 +2,11 @@
 
 The model's files (weights + model.json bytes) are broadcast once; each Python worker builds
 the network once (``_MODELS``, keyed by model id) and scores its partitions with
-``kernel.score_batch`` in ``mapInArrow`` with one torch thread per task. The output is written
-with ``hats.write_hats`` through a job staging folder and committed at the end, so a killed run
-leaves no partial catalog at ``scores/<name>`` and a rerun replaces the earlier one.
+``kernel.score_batch`` with one torch thread per task. ``hats.map_hats`` runs it as one Spark
+task (``mapInArrow``) per input pixel that reads the pixel's file, scores it and writes the
+output file of the same pixel, so no row goes through a shuffle. The catalog is staged in a job
+folder and committed at the end, so a killed run leaves no partial catalog at
+``scores/<name>`` and a rerun replaces the earlier one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from photoz_spark import hats
@@ -29,9 +32,8 @@ from photoz_spark.serving import META_FILE, WEIGHTS_FILE
 
 try:
     from pyspark.accumulators import AccumulatorParam
-    from pyspark.sql import functions as F
 except ImportError:  # a GPU host with torch only: the kernel and load_model still work
-    AccumulatorParam, F = object, None
+    AccumulatorParam = object
 
 _MODELS: dict = {}  # model id -> PhotozModel, one per Python worker process
 
@@ -174,9 +176,16 @@ def resolve_model(config: dict, workdir, section: str = "score") -> tuple[ModelF
         raise ValueError(f"model {name!r} {what} not found in the registry at {uri} (train one with "
                          f"jobs/train.py, or set {section}.model_name and {section}.version or "
                          f"{section}.alias)") from err
+    return download_version(name, version)
+
+
+def download_version(name: str, version: str) -> tuple[ModelFiles, Path]:
+    """The files of registered ``name`` version ``version`` (registry already connected) and their folder."""
+    from photoz_spark import registry as reg
+
     model_uri = f"models:/{name}/{version}"
     directory = reg.download_model(model_uri)
-    return ModelFiles.from_dir(directory, name, version, model_uri), directory
+    return ModelFiles.from_dir(directory, name, str(version), model_uri), directory
 
 
 @dataclass(frozen=True)
@@ -237,7 +246,10 @@ def plan(cfg: dict, registry: Registry, workdir, band_set) -> ScorePlan:
                      FLAGS_COLUMN in names)
 
 
-def _scorer(files_bc, keep: tuple[str, ...], batch_size: int, bands_file: str | None, runtime: Runtime, checks):
+def _scorer(files_bc, keep: tuple[str, ...], batch_size: int, bands_file: str | None, runtime: Runtime, checks,
+            absent: tuple[str, ...] = ()):
+    """The executor function: input batches -> scored batches (``absent`` columns read as unobserved)."""
+
     def run(batches):
         import torch
 
@@ -251,6 +263,8 @@ def _scorer(files_bc, keep: tuple[str, ...], batch_size: int, bands_file: str | 
         for batch in batches:
             if batch.num_rows == 0:
                 continue
+            for column in absent:
+                batch = batch.append_column(column, pa.nulls(batch.num_rows, pa.float64()))
             model.precision = _checked_precision(model, files, device, runtime, batch, checks)
             for start in range(0, batch.num_rows, batch_size):
                 yield score_batch(model, batch.slice(start, batch_size), keep)
@@ -267,28 +281,10 @@ class ListParam(AccumulatorParam):
         return a + b
 
 
-def score_dataframe(spark, df, files: ModelFiles, keep: tuple[str, ...], batch_size: int,
-                    bands_file: str | None = None, runtime: Runtime | None = None):
-    """The scored DataFrame (lazy) and an accumulator of the precision checks its workers make.
-
-    Returns:
-        (DataFrame with ``df``'s ``keep`` columns plus the kernel's outputs, accumulator whose
-        ``.value`` after an action lists one dict per check: device, precision, rows, dz, passed).
-    """
-    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
-
-    from photoz_spark.scoring.kernel import output_schema
-
-    checks = spark.sparkContext.accumulator([], ListParam())
-    schema = output_schema(to_arrow_schema(df.schema), keep)
-    files_bc = spark.sparkContext.broadcast(files)
-    scorer = _scorer(files_bc, keep, batch_size, bands_file, runtime or Runtime(device="cpu"), checks)
-    return df.mapInArrow(scorer, from_arrow_schema(schema)), checks
-
-
 def score_catalog(spark, config: dict, registry: Registry, workdir, files: ModelFiles, band_set,
                   bands_file: str | None = None) -> dict:
     """Score ``score.input`` into ``scores/<name>``. Returns the job summary."""
+    from photoz_spark.scoring.kernel import output_schema
     from photoz_spark.staging import job_staging
 
     t0 = time.time()
@@ -296,37 +292,27 @@ def score_catalog(spark, config: dict, registry: Registry, workdir, files: Model
     p = plan(cfg, registry, workdir, band_set)
     rows_in = int(hats.read_properties(p.source)["hats_nrows"])
     runtime = Runtime.from_config(cfg)
-    df = hats.read_hats(spark, p.source)
+    schema = hats.read_schema(p.source)
     # Bands the catalog does not have at all (score.missing_bands): null columns = not observed.
-    absent = [c for c in band_columns(band_set) if c not in df.columns]
-    df = df.select(*df.columns, *[F.lit(None).cast("double").alias(c) for c in absent])
-    wanted = [*p.keep, *band_columns(band_set), *([FLAGS_COLUMN] if p.has_flags else [])]
-    scored, checks = score_dataframe(spark, df.select(*dict.fromkeys(wanted)), files, p.keep,
-                                     int(cfg["batch_size"]), bands_file, runtime)
+    absent = tuple(c for c in band_columns(band_set) if c not in schema.names)
+    columns = [c for c in dict.fromkeys([*p.keep, *band_columns(band_set), *([FLAGS_COLUMN] if p.has_flags else [])])
+               if c not in absent]
+    scored_input = pa.schema([schema.field(c) for c in columns] + [pa.field(c, pa.float64()) for c in absent])
+    checks = spark.sparkContext.accumulator([], ListParam())
+    scorer = _scorer(spark.sparkContext.broadcast(files), p.keep, int(cfg["batch_size"]), bands_file, runtime,
+                     checks, absent)
     target = Path(workdir.scores) / p.name
     meta = json.loads(files.meta)
     props = {"photoz_model_name": files.name, "photoz_model_version": files.version, "photoz_model_uri": files.uri,
              "photoz_score_input": cfg["input"], "photoz_score_band_set": band_set.name,
              "photoz_absent_bands": ",".join(b.name for b in band_set.bands if b.flux in absent) or "none",
              "photoz_calibration": json.dumps(meta["calibration"]) if meta.get("calibration") else "none"}
-    # Arrow batches of score.batch_size rows; input splits small enough (several per core) that
-    # the cores stay busy to the end instead of one task scoring a big last split alone.
-    settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(int(cfg["batch_size"])),
-                "spark.sql.files.minPartitionNum": str(4 * spark.sparkContext.defaultParallelism)}
-    previous = {key: spark.conf.get(key, None) for key in settings}
     with job_staging(workdir.root, "score") as stage:
         staged = stage.output(p.name, target)
-        for key, value in settings.items():
-            spark.conf.set(key, value)
-        try:
-            written = hats.write_hats(scored, staged, order=p.order, ra_col=p.ra_col, dec_col=p.dec_col,
-                                      catalog_name=f"scores_{p.name}", extra_properties=props)
-        finally:
-            for key, value in previous.items():
-                if value is None:
-                    spark.conf.unset(key)
-                else:
-                    spark.conf.set(key, value)
+        # Pixel by pixel, input file -> output file: the input is already HEALPix-partitioned.
+        written = hats.map_hats(spark, p.source, staged, scorer, columns=columns,
+                                schema=output_schema(scored_input, p.keep), catalog_name=f"scores_{p.name}",
+                                batch_size=int(cfg["batch_size"]), extra_properties=props)
         if written["n_rows"] != rows_in:  # never commit an output that lost or gained rows
             raise RuntimeError(f"scored {written['n_rows']} rows of {rows_in}: output not committed")
         flags = pq.read_table(staged / hats.DATASET_DIR, columns=[FLAGS_COLUMN], partitioning=None)[FLAGS_COLUMN].to_numpy()
