@@ -263,8 +263,9 @@ def _scorer(files_bc, keep: tuple[str, ...], batch_size: int, bands_file: str | 
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            for column in absent:
-                batch = batch.append_column(column, pa.nulls(batch.num_rows, pa.float64()))
+            if absent:
+                batch = pa.RecordBatch.from_arrays([*batch.columns, *(pa.nulls(batch.num_rows, pa.float64()) for _ in absent)],
+                                                   names=[*batch.schema.names, *absent])
             model.precision = _checked_precision(model, files, device, runtime, batch, checks)
             for start in range(0, batch.num_rows, batch_size):
                 yield score_batch(model, batch.slice(start, batch_size), keep)
