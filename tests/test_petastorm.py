@@ -110,5 +110,22 @@ def test_petastorm_trains_logs_and_registers_like_arrow(workdir):
             matched_from_redshift(100, 7))
         assert len(pred) == 100 and np.isfinite(pred.z_phot_mean).all()
     assert runs["petastorm"]["counts"] == runs["arrow"]["counts"]
-    # Same data, same model, same schedule: the two backends learn about equally well.
-    assert runs["petastorm"]["metrics"]["val_crps"] < 2 * runs["arrow"]["metrics"]["val_crps"]
+    # Both learn from the features: a feed that misaligned features and redshifts would score no
+    # better than one Gaussian of the training redshifts for every object. (Comparing the two
+    # backends' CRPS to each other was flaky: 3 epochs of this tiny model vary 0.10-0.34.)
+    no_skill = no_skill_crps(workdir / "features" / "sdss_wise9")
+    for backend, out in runs.items():
+        assert out["metrics"]["val_crps"] < 0.8 * no_skill, (backend, out["metrics"]["val_crps"], no_skill)
+
+
+def no_skill_crps(features) -> float:
+    """Mean CRPS on the validation split of N(mean, std) of the training redshifts."""
+    import pyarrow.parquet as pq
+
+    from photoz_spark.model import mdn
+
+    table = pq.read_table(features / "dataset", columns=["z_spec", "split"], partitioning=None).to_pandas()
+    train, val = table.z_spec[table.split == "train"], table.z_spec[table.split == "validation"]
+    one = torch.ones(len(val), 1, dtype=torch.float64)
+    return float(mdn.crps(one, one * train.mean(), one * train.std(),
+                          torch.tensor(val.to_numpy(), dtype=torch.float64)).mean())
