@@ -413,8 +413,8 @@ def write_hats(df, path, *, order: int, ra_col: str, dec_col: str, catalog_name:
 def _source_pixels(catalog: Path) -> list[tuple[int, str]]:
     """(Npix, data file relative to ``dataset/``) of every pixel, biggest file first."""
     order = int(read_properties(catalog)["hats_order"])
-    lines = (catalog / PARTITION_INFO_FILE).read_text().split()[1:]
-    pixels = [(int(line.split(",")[1]), pixel_relpath(order, int(line.split(",")[1]))) for line in lines]
+    npixs = [int(line.split(",")[1]) for line in (catalog / PARTITION_INFO_FILE).read_text().split()[1:]]
+    pixels = [(npix, pixel_relpath(order, npix)) for npix in npixs]
     return sorted(pixels, key=lambda px: -(catalog / DATASET_DIR / px[1]).stat().st_size)
 
 
@@ -472,7 +472,8 @@ def map_hats(spark, source, path, fn: Callable[[Iterator[pa.RecordBatch]], Itera
     catalog = _require_catalog(source)
     props = read_properties(catalog)
     order, ra_col, dec_col = int(props["hats_order"]), props["hats_col_ra"], props["hats_col_dec"]
-    missing = [c for c in columns if c not in read_schema(catalog).names]
+    have = read_schema(catalog).names
+    missing = [c for c in columns if c not in have]
     if missing:
         raise ValueError(f"{catalog} lacks columns {', '.join(missing)}")
     h29 = schema.field(HEALPIX_COLUMN) if HEALPIX_COLUMN in schema.names else None

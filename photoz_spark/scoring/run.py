@@ -246,9 +246,10 @@ def plan(cfg: dict, registry: Registry, workdir, band_set) -> ScorePlan:
                      FLAGS_COLUMN in names)
 
 
-def _scorer(files_bc, keep: tuple[str, ...], batch_size: int, bands_file: str | None, runtime: Runtime, checks,
+def _scorer(files_bc, keep: tuple[str, ...], bands_file: str | None, runtime: Runtime, checks,
             absent: tuple[str, ...] = ()):
-    """The executor function: input batches -> scored batches (``absent`` columns read as unobserved)."""
+    """The executor function: input batches (of score.batch_size rows at most, as ``map_hats``
+    reads them) -> scored batches (``absent`` columns read as unobserved)."""
 
     def run(batches):
         import torch
@@ -267,8 +268,7 @@ def _scorer(files_bc, keep: tuple[str, ...], batch_size: int, bands_file: str | 
                 batch = pa.RecordBatch.from_arrays([*batch.columns, *(pa.nulls(batch.num_rows, pa.float64()) for _ in absent)],
                                                    names=[*batch.schema.names, *absent])
             model.precision = _checked_precision(model, files, device, runtime, batch, checks)
-            for start in range(0, batch.num_rows, batch_size):
-                yield score_batch(model, batch.slice(start, batch_size), keep)
+            yield score_batch(model, batch, keep)
     return run
 
 
@@ -300,8 +300,7 @@ def score_catalog(spark, config: dict, registry: Registry, workdir, files: Model
                if c not in absent]
     scored_input = pa.schema([schema.field(c) for c in columns] + [pa.field(c, pa.float64()) for c in absent])
     checks = spark.sparkContext.accumulator([], ListParam())
-    scorer = _scorer(spark.sparkContext.broadcast(files), p.keep, int(cfg["batch_size"]), bands_file, runtime,
-                     checks, absent)
+    scorer = _scorer(spark.sparkContext.broadcast(files), p.keep, bands_file, runtime, checks, absent)
     target = Path(workdir.scores) / p.name
     meta = json.loads(files.meta)
     props = {"photoz_model_name": files.name, "photoz_model_version": files.version, "photoz_model_uri": files.uri,
