@@ -18,10 +18,10 @@ import pyarrow as pa
 import torch
 
 from photoz_spark.bands import Registry, load_bands
-from photoz_spark.calibration import PitCalibration
 from photoz_spark.features.sequencing import sequence
 from photoz_spark.features.stats import standardise
 from photoz_spark.model import BiLSTMMDN, ModelConfig, mixture
+from photoz_spark.model.calibration import PitCalibration
 
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "model.json"

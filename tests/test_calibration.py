@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from photoz_spark.calibration import PitCalibration, crps, mean_std_mode, pit, quantiles
 from photoz_spark.model import mdn
+from photoz_spark.model.calibration import PitCalibration, crps, mean_std_mode, pit, quantiles
 
 
 def mixtures(n: int, k: int = 4, seed: int = 0):

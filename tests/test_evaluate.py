@@ -82,8 +82,8 @@ def test_rerun_replaces_the_report(evaluated, workdir):
 
 
 def test_model_calibration_is_shown_before_and_after(ablation, workdir, tmp_path):
-    from photoz_spark.calibration import PitCalibration
     from photoz_spark.evaluate.run import EvalSettings, evaluate_model, write_report
+    from photoz_spark.model.calibration import PitCalibration
     from photoz_spark.registry import download_model
     from photoz_spark.serving import PhotozModel
 

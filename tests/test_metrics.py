@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 from photoz_spark import metrics
+from photoz_spark.model import scores
 
 # z_spec = 1 everywhere, so dz / (1 + z_spec) = dz / 2 = [0.1, -0.05, 0, 0.75].
 Z_SPEC = [1.0, 1.0, 1.0, 1.0]
@@ -39,9 +40,9 @@ def test_empty_sample_refused():
 def test_crps_of_one_gaussian_closed_form():
     # CRPS(N(mu, s), y) = s [t (2 Phi(t) - 1) + 2 phi(t) - 1/sqrt(pi)], t = (y - mu)/s.
     one = {"w": [[1.0]], "mu": [[1.0]], "sigma": [[0.1]]}
-    at_mean = metrics.mixture_crps(**one, z_spec=[1.0])
+    at_mean = scores.mixture_crps(**one, z_spec=[1.0])
     assert at_mean[0] == pytest.approx(0.1 * (math.sqrt(2 / math.pi) - 1 / math.sqrt(math.pi)), rel=1e-9)
-    one_sigma_off = metrics.mixture_crps(**one, z_spec=[1.1])
+    one_sigma_off = scores.mixture_crps(**one, z_spec=[1.1])
     assert one_sigma_off[0] == pytest.approx(0.1 * (0.6826894921 + 0.4839414490 - 0.5641895835), rel=1e-8)
 
 
@@ -52,11 +53,11 @@ def test_crps_of_a_mixture_equals_the_integral_definition():
         x = np.linspace(lo, hi, 100_001)
         cdf = (w * stats.norm.cdf((x[:, None] - mu) / sigma)).sum(-1)
         integral += np.trapezoid((cdf - above) ** 2, x)
-    assert metrics.mixture_crps(w, mu, sigma, [y])[0] == pytest.approx(integral, rel=1e-5)
+    assert scores.mixture_crps(w, mu, sigma, [y])[0] == pytest.approx(integral, rel=1e-5)
 
 
 def test_pit_is_the_cdf_at_z_spec():
-    pit = metrics.mixture_pit([[1.0], [1.0]], [[1.0], [1.0]], [[0.5], [0.5]], [1.0, 1.5])
+    pit = scores.mixture_pit([[1.0], [1.0]], [[1.0], [1.0]], [[0.5], [0.5]], [1.0, 1.5])
     assert pit == pytest.approx([0.5, 0.8413447461])
 
 

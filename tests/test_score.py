@@ -226,7 +226,7 @@ def test_half_precision_is_used_only_when_it_agrees_with_fp32(workdir, model):
 
 
 def test_recalibrated_model_changes_the_summaries_not_the_mixture(model):
-    from photoz_spark.calibration import PitCalibration
+    from photoz_spark.model.calibration import PitCalibration
     from photoz_spark.scoring import score_batch
 
     table = scoring_input(300, 4)

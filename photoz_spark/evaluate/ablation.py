@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from photoz_spark.config import load_config, require
-from photoz_spark.evaluate import figures, report
+from photoz_spark.evaluate import report
 from photoz_spark.evaluate.predict import LabelledCatalog
 from photoz_spark.evaluate.run import EvalSettings, evaluate_model
 from photoz_spark.features.split import SPLITS
+from photoz_spark.metrics import figures
 
 REPORT_NAME = "ablation"
 RESERVED_KEYS = ("features.band_set", "features.split.seed", "train.band_set", "train.model_name")

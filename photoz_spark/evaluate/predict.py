@@ -19,11 +19,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import torch
 
-from photoz_spark import calibration as cal
-from photoz_spark.calibration import PitCalibration
 from photoz_spark.features.build import list_matrix
 from photoz_spark.hats import DATASET_DIR
-from photoz_spark.model import mdn
+from photoz_spark.model.calibration import PitCalibration
+from photoz_spark.model.scores import CALIBRATED_SCORES, concat_scores, object_scores
 
 LAYOUT_FILE = "layout.json"
 
@@ -113,30 +112,6 @@ def predict_split(model, catalog: LabelledCatalog, split: str, batch_size: int,
     calibrated = {k.removeprefix("cal_"): arrays[k] for k in CALIBRATED_SCORES if k in arrays}
     return SplitResult(split, arrays["z_spec"], arrays["z_phot"], arrays["crps"], arrays["pit"], calibrated,
                        [b[1] for b in best if b is not None])
-
-
-SCORES = ("z_spec", "z_phot", "crps", "pit")
-CALIBRATED_SCORES = ("cal_z_phot", "cal_crps", "cal_pit")
-
-
-def object_scores(w, mu, sigma, z, calibration: PitCalibration | None = None) -> dict[str, np.ndarray]:
-    """Per-object z_spec, z_phot (mixture mean), CRPS and PIT of one batch of mixtures.
-
-    With a ``calibration`` also ``cal_z_phot``, ``cal_crps``, ``cal_pit``: the same for the
-    recalibrated PDFs. Training's validation/test evaluation and ``predict_split`` share it.
-    """
-    scores = {"z_spec": z, "z_phot": mdn.mean(w, mu), "crps": mdn.crps(w, mu, sigma, z),
-              "pit": mdn.pit(w, mu, sigma, z)}
-    if calibration is not None:
-        scores.update(cal_z_phot=cal.mean_std(w, mu, sigma, calibration)[0],
-                      cal_crps=cal.crps(w, mu, sigma, z, calibration), cal_pit=cal.pit(w, mu, sigma, z, calibration))
-    return {k: v.detach().cpu().numpy() for k, v in scores.items()}
-
-
-def concat_scores(parts: list[dict], calibrated: bool) -> dict[str, np.ndarray]:
-    """Join the batches of ``object_scores`` into float64 arrays (empty arrays for no rows)."""
-    keys = SCORES + (CALIBRATED_SCORES if calibrated else ())
-    return {k: np.concatenate([p[k] for p in parts]).astype(float) if parts else np.zeros(0) for k in keys}
 
 
 def _keep_examples(best: list, targets, z_spec: np.ndarray, z_phot: np.ndarray, w, mu, sigma) -> None:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from photoz_spark.calibration import PitCalibration
 from photoz_spark.config import require
-from photoz_spark.evaluate import figures, report
+from photoz_spark.evaluate import report
 from photoz_spark.evaluate.predict import LabelledCatalog, SplitResult, predict_split
 from photoz_spark.features.split import SPLITS
-from photoz_spark.metrics import all_metrics, metrics_by_z_bin
+from photoz_spark.metrics import all_metrics, figures, metrics_by_z_bin
+from photoz_spark.model.calibration import PitCalibration
 
 FIGURE_SPLIT = "test"
 TABLE1_KEYS = ("n", "sigma_nmad", "f_out", "bias", "mse", "mae", "crps")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from photoz_spark import calibration as cal
-from photoz_spark.calibration import PitCalibration
+from photoz_spark.model import calibration as cal
 from photoz_spark.model import mdn
+from photoz_spark.model.calibration import PitCalibration
 
 # (column, quantile) of the interval bounds and the median, computed in one bisection.
 QUANTILES = (("z_phot_l95", 0.025), ("z_phot_l68", 0.16), ("z_phot_median", 0.5),

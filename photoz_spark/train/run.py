@@ -167,13 +167,13 @@ def evaluate_split(model, data, calibration=None) -> tuple[dict, dict]:
     """Point and CRPS metrics of ``model`` on one split's FeatureData, plus the per-object arrays.
 
     The metrics are those of the network's own PDFs; with a ``calibration`` the arrays also hold
-    the recalibrated PDFs' z_phot, CRPS and PIT (``cal_*``, see ``evaluate.predict.object_scores``).
+    the recalibrated PDFs' z_phot, CRPS and PIT (``cal_*``, see ``model.scores.object_scores``).
     """
     import torch
 
-    from photoz_spark.evaluate.predict import concat_scores, object_scores
     from photoz_spark.metrics import point_metrics
     from photoz_spark.model import mixture
+    from photoz_spark.model.scores import concat_scores, object_scores
     from photoz_spark.train.feeding import eval_batches
 
     model.eval()
@@ -201,9 +201,9 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
     import torch
 
     from photoz_spark import registry as reg
-    from photoz_spark.calibration import PitCalibration
-    from photoz_spark.evaluate.figures import zphot_figure
+    from photoz_spark.metrics.figures import zphot_figure
     from photoz_spark.model import BiLSTMMDN
+    from photoz_spark.model.calibration import PitCalibration
     from photoz_spark.serving import PhotozModel, save_model_files
     from photoz_spark.train.feeding import ArrowFeed, PetastormFeed, import_petastorm
 

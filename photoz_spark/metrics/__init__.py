@@ -1,9 +1,10 @@
 """Photo-z point and probabilistic metrics (numpy), as defined by the LSTM-MDNz paper.
 
 dz = z_phot - z_spec, normalised by (1 + z_spec). Point metrics: sigma_NMAD, outlier rate,
-bias, MSE, MAE, catastrophic rate. Probabilistic: CRPS of the Gaussian mixture (closed form,
-``model.mdn.crps``), PIT values and their KS and Cramer-von Mises distances from U(0, 1).
-``metrics_by_z_bin`` gives every metric per z_spec bin.
+bias, MSE, MAE, catastrophic rate. Probabilistic: the mean of per-object CRPS values and PIT
+values' KS and Cramer-von Mises distances from U(0, 1) (the per-object values themselves are the
+model's business: ``model.scores``). ``metrics_by_z_bin`` gives every metric per z_spec bin.
+Numbers in, numbers out: this package (and ``metrics.figures``) never imports the network.
 """
 
 from __future__ import annotations
@@ -60,26 +61,6 @@ def point_metrics(z_phot, z_spec, crps=None) -> dict:
     if crps is not None:
         out["crps"] = float(np.mean(crps))
     return out
-
-
-def mixture_crps(w, mu, sigma, z_spec) -> np.ndarray:
-    """Exact CRPS [N] of Gaussian mixtures ([N, K] weights, means, stds) at z_spec [N] (mdn.crps)."""
-    import torch
-
-    from photoz_spark.model import mdn
-
-    w, mu, sigma, z = (torch.as_tensor(np.asarray(a, np.float64)) for a in (w, mu, sigma, z_spec))
-    return mdn.crps(w, mu, sigma, z).numpy()
-
-
-def mixture_pit(w, mu, sigma, z_spec) -> np.ndarray:
-    """PIT values [N]: each mixture's CDF at its z_spec (mdn.pit)."""
-    import torch
-
-    from photoz_spark.model import mdn
-
-    w, mu, sigma, z = (torch.as_tensor(np.asarray(a, np.float64)) for a in (w, mu, sigma, z_spec))
-    return mdn.pit(w, mu, sigma, z).numpy()
 
 
 def crps_summary(crps) -> dict:
