@@ -10,11 +10,12 @@ PETASTORM_CONSTRAINTS := .ci/petastorm-constraints.txt
 PETASTORM_TESTS ?= tests/test_petastorm.py tests/test_features.py tests/test_hats.py tests/test_config.py
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-petastorm lint clean
+.PHONY: help venv demo test test-quick test-petastorm lint clean
 
 help:  ## list the targets
 	@echo "make demo   the pipeline on the simulated sky: simulate -> crossmatch -> features -> train -> score -> evaluate (in WORKDIR)"
 	@echo "make test   run the test suite"
+	@echo "make test-quick  only the unit tests (numpy/torch, no JVM): well under a minute"
 	@echo "make test-petastorm  build $(PETASTORM_VENV) (the petastorm stack) and run the tests that matter there"
 	@echo "make lint   ruff check"
 	@echo "make venv   create $(VENV) and install the project (done by the targets above when needed)"
@@ -59,6 +60,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# Markers (pyproject.toml): unit | spark | cluster | slow; e.g. ARGS='-m "not cluster and not slow"'.
+test-quick: $(VENV)/.installed
+	$(PY) -m pytest -q -m unit $(ARGS)
 
 # Same pattern; the constraints hold the whole stack back (a plain install would bring numpy 2,
 # which pyarrow 14 cannot load).

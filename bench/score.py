@@ -7,7 +7,7 @@ photometry, ids, coordinates over ~3600 deg^2), builds a model of the default co
 architecture (random weights: the speed does not depend on them) and measures, on the same
 cores in the same run:
   (a) raw torch: the network's forward pass on pre-standardised tensors, torch threads = cores,
-      in calls of the kernel's CPU chunk (serving.cpu_chunk_rows) and of --batch-size rows; the
+      in calls of the kernel's CPU chunk (registry.artifact.cpu_chunk_rows) and of --batch-size rows; the
       faster is the reference;
   (b) the kernel without Spark: score_batch (features + network + every summary), one process;
   (c) the Spark stage (score_catalog: hats.map_hats, one mapInArrow task per pixel that reads,
@@ -58,7 +58,7 @@ def make_model(directory: Path, band_set, sample: pa.Table) -> None:
     from photoz_spark.features.sequencing import sequence
     from photoz_spark.features.stats import compute_stats
     from photoz_spark.model import BiLSTMMDN, ModelConfig
-    from photoz_spark.serving import save_model_files
+    from photoz_spark.registry.artifact import save_model_files
 
     registry = load_bands()
     raw, observed, _ = sequence(sample, band_set, registry)
@@ -118,9 +118,10 @@ def main() -> None:
     from photoz_spark.config import load_config
     from photoz_spark.features.sequencing import sequence
     from photoz_spark.features.stats import standardise
+    from photoz_spark.registry.artifact import PhotozModel, cpu_chunk_rows
+    from photoz_spark.registry.resolve import ModelFiles
     from photoz_spark.scoring import score_batch
-    from photoz_spark.scoring.run import ModelFiles, score_catalog
-    from photoz_spark.serving import PhotozModel, cpu_chunk_rows
+    from photoz_spark.scoring.run import score_catalog
     from photoz_spark.spark import get_spark
 
     registry = load_bands()

@@ -1,74 +1,11 @@
 """Band-set ablation (Table 2, Fig. 7): one model per band set, identical splits and settings.
 
-For each band set of ablation.band_sets (the paper's six by default) builds features/<band_set>
-(jobs/build_features.py, same split seed), checks that all band sets put their shared ids in
-the same split, trains and registers <model_prefix>-<band_set> (jobs/train.py, same settings),
-evaluates it on its test split and writes
-  reports/ablation/ablation.md          Table 2, the paper's orderings checked (✓/✗), splits, Fig. 7
-  reports/ablation/table2.csv, .json    the table (and the checks)
-  reports/ablation/fig7_zphot_grid.png  z_phot vs z_spec per band set
-With --skip-existing a band set whose features and latest model were made with the same
-settings is kept, so a killed ablation restarts where it stopped.
-
-Example: python jobs/ablation.py --band-sets optical8,optical_wise12 'ablation.train_overrides=[train.max_epochs=20]'
+The job is photoz_spark/jobs/ablation.py (`main`); --help lists its settings.
 """
-
-from __future__ import annotations
 
 import sys
 
-from photoz_spark import PROJECT_DIR
-from photoz_spark.bands import load_bands
-from photoz_spark.cli import config_option, fail, job_parser, parse_job_args, start_spark
-from photoz_spark.config import ConfigError, resolve_path
-
-if str(PROJECT_DIR / "jobs") not in sys.path:  # the sibling jobs, when imported rather than run
-    sys.path.insert(0, str(PROJECT_DIR / "jobs"))
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = job_parser(__doc__, "ablation.yaml")
-    parser.add_argument("--band-sets", metavar="A,B,...", help="comma-separated band sets (sets ablation.band_sets)")
-    config_option(parser, "--skip-existing", "ablation.skip_existing", switch=True,
-                  help="keep band sets whose features and model already match these settings")
-    args, config, workdir = parse_job_args(parser, argv)
-    if args.band_sets:
-        config["ablation"]["band_sets"] = [b.strip() for b in args.band_sets.split(",") if b.strip()]
-    import build_features
-    import train
-
-    from photoz_spark.evaluate.ablation import AblationSettings, run_ablation
-
-    try:
-        registry = load_bands(resolve_path(config["bands_file"]))
-        AblationSettings.from_config(config["ablation"], registry)
-    except (ConfigError, ValueError) as err:
-        fail(str(err))
-    start_spark(config)  # one session, shared by every band set's features and training
-    try:
-        summary = run_ablation(config, registry, workdir, build_features.main, train.main)
-    except (ConfigError, ValueError, FileNotFoundError, ConnectionError) as err:
-        fail(str(err))
-    print_summary(summary)
-    return summary
-
-
-def print_summary(s: dict) -> None:
-    from photoz_spark.evaluate.report import TABLE2_COLUMNS, text_table
-
-    print("\n=== ablation ===")
-    print("Table 2 (test split)\n" + text_table(s["table2"], TABLE2_COLUMNS))
-    print("orderings of the paper")
-    for check in s["checks"]:
-        print(f"  {check['text']}")
-    shared = ", ".join(f"{k} {v['shared']:,}/{v['disagree']}" for k, v in s["split_agreement"].items())
-    print(f"splits        identical on shared ids (band set shared/disagreeing: {shared})")
-    print("steps         " + "; ".join(f"{k}: features {v['features']}, model {v['model']}" for k, v in s["steps"].items()))
-    print(f"report        {s['report']}")
-    print(f"figure        {s['figure']}")
-    print(f"tables        {', '.join(str(p) for p in s['tables'])}")
-    print(f"time          {s['seconds']:.0f} s")
-
+from photoz_spark.jobs.ablation import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -1,64 +1,11 @@
 """Turn a matched catalog into the LSTM's input sequences, splits and statistics.
 
-Reads matched/<features.matched>/ (from jobs/crossmatch.py) and writes, under the work directory:
-  features/<band_set>/   HATS catalog, one row per input row: id, ra, dec, z_spec, split
-                         (train/validation/test, or excluded), features (raw flux and flux_err
-                         per band in uJy, NaN where unobserved), observed, n_observed, flags;
-  features/<band_set>/stats.json   mean and std per band and channel of the training split;
-  features/<band_set>/layout.json  band order, channels, unit, split and selection settings.
-
-Example: python jobs/build_features.py --band-set optical8 features.split.seed=1
+The job is photoz_spark/jobs/build_features.py (`main`); --help lists its settings.
 """
-
-from __future__ import annotations
 
 import sys
 
-from photoz_spark.bands import load_bands
-from photoz_spark.cli import config_option, fail, job_parser, parse_job_args, start_spark
-from photoz_spark.config import ConfigError, resolve_path
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = job_parser(__doc__, "features.yaml")
-    config_option(parser, "--band-set", "features.band_set", metavar="NAME",
-                  help="a band set of conf/bands.yaml (sets features.band_set)")
-    config_option(parser, "--require-complete", "features.require_complete", switch=True,
-                  help="exclude rows missing any band of the band set (sets features.require_complete=true)")
-    _, config, workdir = parse_job_args(parser, argv)
-    try:
-        from photoz_spark.features.run import validate
-        registry = load_bands(resolve_path(config["bands_file"]))
-        validate(config["features"], registry, workdir)
-    except (ConfigError, ValueError) as err:
-        fail(str(err))
-
-    from photoz_spark.features.run import build_features
-
-    spark = start_spark(config)
-    summary = build_features(spark, config["features"], registry, workdir)
-    print_summary(summary)
-    return summary
-
-
-def print_summary(summary: dict) -> None:
-    rows_in, rows_out, secs = summary["rows_in"], summary["rows_out"], summary["seconds"]
-    print("\n=== build_features ===")
-    print(f"input         {summary['input']}  {rows_in:,d} rows")
-    print(f"output        {summary['output']}  {rows_out:,d} rows, {summary['partitions']} partitions, "
-          f"{summary['n_steps']} bands x 2 channels = {summary['n_values']} values/row")
-    print("splits        " + ", ".join(f"{k} {v:,d} ({100 * v / max(rows_out, 1):.1f} %)"
-                                       for k, v in summary["splits"].items()))
-    print("excluded by   " + ", ".join(f"{k} {v:,d}" for k, v in summary["excluded_by_reason"].items()))
-    observed = [f"{b} {100 * f:.0f}%" for b, f in summary["observed_fraction"].items()]
-    for i in range(0, len(observed), 7):
-        print(("observed      " if i == 0 else " " * 14) + "  ".join(observed[i:i + 7]))
-    flagged = {k: v for k, v in summary["flagged"].items() if v}
-    print("flagged rows  " + (", ".join(f"{k} {v:,d}" for k, v in flagged.items()) or "none"))
-    print(f"stats         {summary['stats']} (training split)")
-    print(f"time          features {secs['features']:.1f} s, write {secs['write']:.1f} s, total {secs['total']:.1f} s "
-          f"({rows_out / max(secs['total'], 1e-9):,.0f} rows/s)")
-
+from photoz_spark.jobs.build_features import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

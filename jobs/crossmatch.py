@@ -1,58 +1,11 @@
 """Crossmatch a left catalog (default dr16q) with right catalogs (default sdss, desi_ls) by position.
 
-Reads catalogs/<name> (HATS) under the work directory and writes matched/<run> (HATS, the left
-catalog's partitioning): every left row, its nearest counterpart within the radius in each right
-catalog (<name>_id, <name>_sep_arcsec, <name>_n_candidates and that catalog's band columns) and a
-flags column (BAD_COORDS, DUPLICATE_ID, NO_MATCH, AMBIGUOUS_MATCH).
-
-Example: python jobs/crossmatch.py --workdir workdir crossmatch.radius_arcsec=1.0 crossmatch.right=[sdss]
+The job is photoz_spark/jobs/crossmatch.py (`main`); --help lists its settings.
 """
-
-from __future__ import annotations
 
 import sys
 
-from photoz_spark.bands import load_bands
-from photoz_spark.cli import fail, job_parser, parse_job_args, start_spark
-from photoz_spark.config import ConfigError, resolve_path
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = job_parser(__doc__, "crossmatch.yaml")
-    _, config, workdir = parse_job_args(parser, argv)
-    try:
-        from photoz_spark.crossmatch.run import make_plan
-        registry = load_bands(resolve_path(config["bands_file"]))
-        plan = make_plan(config["crossmatch"], registry, workdir)
-    except (ConfigError, ValueError) as err:
-        fail(str(err))
-
-    from photoz_spark.crossmatch.run import crossmatch
-
-    summary = crossmatch(start_spark(config), plan, workdir)
-    if plan.algorithm.k == 1 and summary["rows_out"] != summary["rows_in"]:
-        raise RuntimeError(f"crossmatch wrote {summary['rows_out']} rows for {summary['rows_in']} left rows; "
-                           "with k=1 every left row must give exactly one row")
-    print_summary(summary)
-    return summary
-
-
-def print_summary(summary: dict) -> None:
-    from photoz_spark.crossmatch.geometry import pixel_size_arcsec
-
-    order = summary["join_order"]
-    print("\n=== crossmatch ===")
-    print(f"match         radius {summary['radius_arcsec']:g} arcsec, k={summary['k']}, join order {order} "
-          f"(pixel {pixel_size_arcsec(order):.1f} arcsec), output order {summary['output_order']}")
-    print(f"left          {summary['left']:<10} {summary['rows_in']:>11,d} rows in, {summary['rows_out']:,d} rows out")
-    for name, s in summary["per_catalog"].items():
-        print(f"  {name:<11} matched {s['matched']:>11,d} ({100 * s['match_rate']:5.1f} %)  "
-              f"unmatched {s['unmatched']:,d}  ambiguous {s['ambiguous']:,d}")
-    flagged = ", ".join(f"{name} {n:,d}" for name, n in summary["flags"].items() if n) or "none"
-    print(f"flagged rows  {flagged}")
-    print(f"time          {summary['seconds']:.1f} s ({summary['rows_per_s']:,.0f} left rows/s)")
-    print(f"output        {summary['path']}")
-
+from photoz_spark.jobs.crossmatch import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -1,66 +1,11 @@
 """Evaluate a registered model: Table 1, per-z-bin metrics, recalibration and Figs. 3-6 of the paper.
 
-Fetches models:/<evaluate.model_name>@<alias> (or a --version) from the MLflow registry, runs it
-on every split of a labelled features catalog (default features/<the model's band set>, with
-its train/validation/test split column) and writes
-  reports/<model>-v<version>/report.md         Table 1, per-z-bin table, recalibration, figures
-  reports/<model>-v<version>/fig3..fig6 *.png  z_phot vs z_spec, CRPS, example PDFs, PIT
-  reports/<model>-v<version>/*.csv, *.json     the tables
-and logs them (and Table 1 as eval_<split>_<metric> metrics) into the model's own MLflow run.
-A rerun replaces the report.
-
-Example: python jobs/evaluate.py --version 3
+The job is photoz_spark/jobs/evaluate.py (`main`); --help lists its settings.
 """
-
-from __future__ import annotations
 
 import sys
 
-from photoz_spark.bands import load_bands
-from photoz_spark.cli import config_option, fail, job_parser, parse_job_args
-from photoz_spark.config import ConfigError, resolve_path
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = job_parser(__doc__, "evaluate.yaml")
-    config_option(parser, "--model-name", "evaluate.model_name", metavar="NAME",
-                  help="registered model name (sets evaluate.model_name)")
-    config_option(parser, "--version", "evaluate.version", metavar="N",
-                  help="registered version to evaluate (sets evaluate.version; default: the alias)")
-    config_option(parser, "--alias", "evaluate.alias", metavar="ALIAS",
-                  help="registry alias used without --version (sets evaluate.alias; default champion)")
-    config_option(parser, "--features", "evaluate.features", metavar="DIR",
-                  help="labelled features catalog, relative to the workdir (sets evaluate.features)")
-    _, config, workdir = parse_job_args(parser, argv)
-    from photoz_spark.evaluate.run import evaluate_registered
-
-    try:
-        registry = load_bands(resolve_path(config["bands_file"]))
-        summary = evaluate_registered(config, registry, workdir)
-    except (ConfigError, ValueError, FileNotFoundError, ConnectionError) as err:
-        fail(str(err))
-    print_summary(summary)
-    return summary
-
-
-def print_summary(s: dict) -> None:
-    from photoz_spark.evaluate.report import CALIBRATION_COLUMNS, TABLE1_COLUMNS, text_table
-
-    print("\n=== evaluate ===")
-    print(f"model         {s['model_uri']} ({s['band_set']}), run {s['run_id']}")
-    print(f"labelled      {s['features']}")
-    print("Table 1\n" + text_table(s["table1"], TABLE1_COLUMNS))
-    cal = s["calibration"]
-    if cal["rows"]:
-        which = "the model's" if cal["source"] == "model" else "fitted on validation, NOT in the model"
-        print(f"recalibration ({which}), test split\n" + text_table(cal["rows"], CALIBRATION_COLUMNS))
-    print(f"report        {s['report']}")
-    for path in s["figures"]:
-        print(f"figure        {path}")
-    print(f"mlflow        {'logged to' if s['logged'] else 'not logged (evaluate.log_to_mlflow=false):'} "
-          f"run {s['run_id']} ({len(s['metrics'])} eval_ metrics, artifacts under evaluation/)")
-    print(f"time          {s['seconds']:.1f} s")
-
+from photoz_spark.jobs.evaluate import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from photoz_spark import CONF_DIR
+from photoz_spark.errors import InputError
 
 BANDS_FILE = CONF_DIR / "bands.yaml"
 ERR_KINDS = ("ivar", "sigma")
@@ -27,7 +28,7 @@ class Band:
     flux: str          # flux column
     err: str           # uncertainty column
     err_kind: str      # "ivar" (inverse variance) or "sigma" (1-sigma error)
-    unit: str          # flux unit, a key of Registry.units
+    unit: str          # flux unit, a key of BandCatalog.units
     vega_to_ab: float = 0.0  # m_AB - m_Vega (WISE only)
 
 
@@ -58,7 +59,7 @@ class BandSet:
 
 
 @dataclass(frozen=True)
-class Registry:
+class BandCatalog:
     """Everything in ``bands.yaml``: bands in sequence order, catalogs, band sets, units."""
 
     bands: dict[str, Band]
@@ -68,7 +69,7 @@ class Registry:
 
     def band(self, name: str) -> Band:
         if name not in self.bands:
-            raise ValueError(f"unknown band {name!r}; known bands: {', '.join(self.bands)}")
+            raise InputError(f"unknown band {name!r}; known bands: {', '.join(self.bands)}")
         return self.bands[name]
 
     def band_set(self, name_or_bands: str | list[str]) -> BandSet:
@@ -81,7 +82,7 @@ class Registry:
         """
         if isinstance(name_or_bands, str):
             if name_or_bands not in self.band_sets:
-                raise ValueError(
+                raise InputError(
                     f"unknown band set {name_or_bands!r}; known band sets: {', '.join(self.band_sets)}"
                 )
             name, members = name_or_bands, list(self.band_sets[name_or_bands])
@@ -89,49 +90,53 @@ class Registry:
             name, members = "custom", list(name_or_bands)
         bands = [self.band(m) for m in members]
         if len(set(members)) != len(members):
-            raise ValueError(f"band set {name!r} lists a band twice: {members}")
+            raise InputError(f"band set {name!r} lists a band twice: {members}")
         position = {b: i for i, b in enumerate(self.bands)}
         return BandSet(name, tuple(sorted(bands, key=lambda b: position[b.name])))
 
     def catalog_bands(self, catalog: str) -> list[Band]:
         """The bands whose columns live in a native catalog, in sequence order."""
         if catalog not in self.catalogs:
-            raise ValueError(f"unknown catalog {catalog!r}; known catalogs: {', '.join(self.catalogs)}")
+            raise InputError(f"unknown catalog {catalog!r}; known catalogs: {', '.join(self.catalogs)}")
         return [b for b in self.bands.values() if b.catalog == catalog]
 
     def to_jy(self, unit: str) -> float:
         if unit not in self.units:
-            raise ValueError(f"unknown flux unit {unit!r}; known units: {', '.join(self.units)}")
+            raise InputError(f"unknown flux unit {unit!r}; known units: {', '.join(self.units)}")
         return self.units[unit]
 
 
-def _parse(raw: dict) -> Registry:
+def _parse(raw: dict) -> BandCatalog:
     units = {k: float(v) for k, v in raw["units"].items()}
     catalogs = {k: Catalog(name=k, **v) for k, v in raw["catalogs"].items()}
     bands = {}
     for name, spec in raw["bands"].items():
         band = Band(name=name, **spec)
         if band.err_kind not in ERR_KINDS:
-            raise ValueError(f"band {name}: err_kind {band.err_kind!r} must be one of {ERR_KINDS}")
+            raise InputError(f"band {name}: err_kind {band.err_kind!r} must be one of {ERR_KINDS}")
         if band.catalog not in catalogs:
-            raise ValueError(f"band {name}: catalog {band.catalog!r} is not under 'catalogs'")
+            raise InputError(f"band {name}: catalog {band.catalog!r} is not under 'catalogs'")
         if band.unit not in units:
-            raise ValueError(f"band {name}: unit {band.unit!r} is not under 'units'")
+            raise InputError(f"band {name}: unit {band.unit!r} is not under 'units'")
         bands[name] = band
     order = list(raw["order"])
     if sorted(order) != sorted(bands):
         missing = set(bands) ^ set(order)
-        raise ValueError(f"'order' must list every band exactly once; mismatched: {sorted(missing)}")
+        raise InputError(f"'order' must list every band exactly once; mismatched: {sorted(missing)}")
     ordered = {name: bands[name] for name in order}
     sets = {k: tuple(v) for k, v in raw["band_sets"].items()}
-    registry = Registry(bands=ordered, catalogs=catalogs, band_sets=sets, units=units)
+    registry = BandCatalog(bands=ordered, catalogs=catalogs, band_sets=sets, units=units)
     for name in sets:
         registry.band_set(name)  # validates membership
     return registry
 
 
+# The old name, kept for modules not yet moved to BandCatalog (sim, ingest, crossmatch).
+Registry = BandCatalog
+
+
 @lru_cache(maxsize=4)
-def load_bands(path: str | Path = BANDS_FILE) -> Registry:
+def load_bands(path: str | Path = BANDS_FILE) -> BandCatalog:
     """Load and validate a bands file (default ``conf/bands.yaml``)."""
     with open(path) as fh:
         return _parse(yaml.safe_load(fh))

@@ -1,7 +1,9 @@
-"""The one command-line convention every job follows.
+"""The one command-line convention and the one skeleton every job follows.
 
 ``spark-submit jobs/NAME.py [--conf FILE.yaml] [--workdir DIR] [--master URL] [key=value ...]``
-(also ``python jobs/NAME.py ...``).
+(also ``python jobs/NAME.py ...``). Each ``jobs/NAME.py`` runs ``photoz_spark.jobs.NAME.main``,
+which is ``run_job``: settings -> validate (before Spark starts) -> run -> summary; a
+``UserError`` at any step ends the job with its one-line message.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from photoz_spark.config import ConfigError, load_config, resolve_path
+from photoz_spark.errors import UserError
 
 WORKDIR_PARTS = ("catalogs", "matched", "features", "mlflow", "scores", "reports", "truth")
 
@@ -94,8 +97,51 @@ def start_spark(config: dict, extra_conf: dict | None = None):
 
     try:
         return get_spark(config, extra_conf)
-    except (ConfigError, ClusterError) as err:
+    except (ConfigError, ClusterError) as err:  # both are UserErrors
         fail(str(err))
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a job's steps get: its parsed arguments, configuration, bands and work directory."""
+
+    args: argparse.Namespace
+    config: dict
+    bands: object       # bands.BandCatalog of config bands_file
+    workdir: Workdir
+
+
+def run_job(parser: argparse.ArgumentParser, argv: list[str] | None, validate, run, summary,
+            spark: bool = True) -> dict:
+    """The stage skeleton: settings -> validate -> run -> summary.
+
+    Args:
+        parser: from ``job_parser`` (plus the job's own options).
+        argv: the command line (None: sys.argv).
+        validate: ``validate(job) -> plan``: every check that needs no Spark; a ValueError here
+            is a bad setting or input, reported like a UserError.
+        run: ``run(job, spark, plan) -> summary dict`` (``spark`` None for a job without Spark).
+        summary: ``summary(result, job)`` prints the job's summary.
+        spark: whether the job needs a SparkSession (started after validate).
+
+    Returns:
+        The summary dict.
+    """
+    from photoz_spark.bands import load_bands
+
+    args, config, workdir = parse_job_args(parser, argv)
+    try:
+        job = Job(args, config, load_bands(resolve_path(config["bands_file"])), workdir)
+        plan = validate(job)
+    except (UserError, ValueError) as err:
+        fail(str(err))
+    session = start_spark(config) if spark else None
+    try:
+        result = run(job, session, plan)
+    except UserError as err:
+        fail(str(err))
+    summary(result, job)
+    return result
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Self
 
 from photoz_spark import PACKAGE_DIR
+from photoz_spark.errors import UserError
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserError, RuntimeError):
     """The cluster cannot run the pipeline; the message names the setting to change."""
 
 

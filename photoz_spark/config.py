@@ -14,9 +14,10 @@ from typing import Any
 import yaml
 
 from photoz_spark import CONF_DIR, PROJECT_DIR
+from photoz_spark.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value or key the project does not accept."""
 
 
@@ -67,6 +68,18 @@ def merge(base: dict, overlay: dict, prefix: str = "") -> dict:
     return out
 
 
+def overlay_defaults(shared: dict, job: dict) -> dict:
+    """A job's defaults file on the shared ones: it adds its own sections and keys, and may
+    restate a shared key (e.g. ``mlflow.experiment``) to give the job another default."""
+    out = copy.deepcopy(shared)
+    for key, value in job.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = overlay_defaults(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def parse_override(text: str) -> dict:
     """``a.b=value`` -> ``{"a": {"b": value}}``, the value parsed as YAML (so 3, 0.5, true, [a,b])."""
     if "=" not in text:
@@ -96,7 +109,7 @@ def load_config(job_defaults: str | None = None, conf_file: str | None = None,
     """
     config = read_yaml(CONF_DIR / "pipeline.yaml")
     if job_defaults:
-        config = {**config, **read_yaml(CONF_DIR / job_defaults)}
+        config = overlay_defaults(config, read_yaml(CONF_DIR / job_defaults))
     if conf_file:
         config = merge(config, read_yaml(conf_file))
     for text in overrides:

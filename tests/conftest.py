@@ -8,6 +8,16 @@ from photoz_spark.cli import Workdir
 from photoz_spark.config import load_config
 from photoz_spark.spark import get_spark
 
+LAYER_MARKS = {"unit", "spark", "cluster", "slow"}
+
+
+def pytest_collection_modifyitems(items):
+    """A test without a layer mark is ``spark``: it uses the spark fixture or runs a job, which
+    starts a session of its own. Modules without the JVM say ``pytestmark = pytest.mark.unit``."""
+    for item in items:
+        if not {m.name for m in item.iter_markers()} & LAYER_MARKS or "spark" in item.fixturenames:
+            item.add_marker(pytest.mark.spark)
+
 
 @pytest.fixture(scope="session")
 def spark():

@@ -7,6 +7,8 @@ import torch
 from photoz_spark.model import mdn
 from photoz_spark.model.calibration import PitCalibration, crps, mean_std_mode, pit, quantiles
 
+pytestmark = pytest.mark.unit
+
 
 def mixtures(n: int, k: int = 4, seed: int = 0):
     g = torch.Generator().manual_seed(seed)

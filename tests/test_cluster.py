@@ -25,13 +25,11 @@ import pytest
 
 from photoz_spark import PROJECT_DIR, cluster, hats
 from photoz_spark.config import ConfigError, load_config
+from photoz_spark.jobs import build_features, score_catalog, simulate_sky
+from photoz_spark.jobs import crossmatch as crossmatch_job
 from photoz_spark.spark import _conf_pairs, validate
 
-sys.path.insert(0, str(PROJECT_DIR / "jobs"))
-import build_features
-import crossmatch as crossmatch_job
-import score_catalog
-import simulate_sky
+pytestmark = pytest.mark.cluster
 
 SKY = ["sim.footprint.radius_deg=0.3", "sim.quasars.density_deg2=600", "sim.field.galaxy_density_deg2=8000",
        "sim.field.star_density_deg2=1000", "sim.figure=false"]

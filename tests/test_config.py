@@ -10,6 +10,8 @@ from photoz_spark.bands import load_bands
 from photoz_spark.cli import job_parser, parse_job_args
 from photoz_spark.config import ConfigError, load_config, merge, parse_override
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_load_with_spark_section():
     config = load_config()

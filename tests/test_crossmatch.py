@@ -1,7 +1,6 @@
 """The crossmatch: its math, constructed edge cases with exact answers, and the simulated sky's truth."""
 
 import shutil
-import sys
 
 import healpy as hp
 import numpy as np
@@ -10,14 +9,12 @@ import pytest
 from astropy.coordinates import angular_separation
 from scipy.spatial import cKDTree
 
-from photoz_spark import PROJECT_DIR, hats
+from photoz_spark import hats
 from photoz_spark.bands import load_bands
 from photoz_spark.crossmatch import geometry
 from photoz_spark.flags import Flag
-
-sys.path.insert(0, str(PROJECT_DIR / "jobs"))
-import crossmatch as crossmatch_job
-import simulate_sky
+from photoz_spark.jobs import crossmatch as crossmatch_job
+from photoz_spark.jobs import simulate_sky
 
 REGISTRY = load_bands()
 ORDER = 4          # partition order of the constructed catalogs

@@ -1,7 +1,6 @@
 """jobs/evaluate.py and jobs/ablation.py on tiny data: one ablation of two band sets trains the models."""
 
 import shutil
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -9,15 +8,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from photoz_spark import PROJECT_DIR, hats
-from photoz_spark.toy import toy_matched_table
-
-sys.path.insert(0, str(PROJECT_DIR / "jobs"))
-import ablation as ablation_job
-import evaluate as evaluate_job
-
+from photoz_spark import hats
 from photoz_spark.evaluate import ablation as abl
 from photoz_spark.evaluate.predict import LabelledCatalog
+from photoz_spark.jobs import ablation as ablation_job
+from photoz_spark.jobs import evaluate as evaluate_job
+from photoz_spark.toy import toy_matched_table
 
 TINY_TRAIN = ("ablation.train_overrides=[model.hidden1=16, model.hidden2=8, model.dense=16, model.n_components=3, "
               "train.batch_size=64, train.max_epochs=2, train.lr=0.01]")
@@ -84,8 +80,8 @@ def test_rerun_replaces_the_report(evaluated, workdir):
 def test_model_calibration_is_shown_before_and_after(ablation, workdir, tmp_path):
     from photoz_spark.evaluate.run import EvalSettings, evaluate_model, write_report
     from photoz_spark.model.calibration import PitCalibration
-    from photoz_spark.registry import download_model
-    from photoz_spark.serving import PhotozModel
+    from photoz_spark.registry.artifact import PhotozModel
+    from photoz_spark.registry.tracking import download_model
 
     model = PhotozModel(download_model(f"models:/{MODEL}/1"))
     catalog = LabelledCatalog(workdir / "features" / "optical8")

@@ -1,7 +1,6 @@
 """Feature sequencing: the pure functions on hand-made values, then jobs/build_features.py end to end."""
 
 import json
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -9,7 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from photoz_spark import PROJECT_DIR, hats
+from photoz_spark import hats
 from photoz_spark.bands import load_bands
 from photoz_spark.features import (
     EXCLUDED,
@@ -26,9 +25,7 @@ from photoz_spark.features import (
     stats_from_moments,
 )
 from photoz_spark.flags import Flag
-
-sys.path.insert(0, str(PROJECT_DIR / "jobs"))
-import build_features
+from photoz_spark.jobs import build_features
 
 REG = load_bands()
 MISSING, BAD_FLUX, BAD_ERROR = int(Flag.MISSING_BAND), int(Flag.BAD_FLUX), int(Flag.BAD_ERROR)

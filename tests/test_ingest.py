@@ -1,7 +1,6 @@
 """Ingesting real survey products: FITS files in the products' own schemas -> crossmatch -> features."""
 
 import json
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -20,11 +19,8 @@ from photoz_spark.ingest.readers import CsvReader, FitsReader, ParquetReader, fi
 from photoz_spark.ingest.run import make_plan
 from photoz_spark.ingest.survey_map import available_maps, load_survey_map
 from photoz_spark.ingest.transform import ChunkTransformer, IngestStats, choose_order, output_schema
-
-sys.path.insert(0, str(PROJECT_DIR / "jobs"))
-import build_features
-import crossmatch as crossmatch_job
-import ingest_catalog
+from photoz_spark.jobs import build_features, ingest_catalog
+from photoz_spark.jobs import crossmatch as crossmatch_job
 
 REG = load_bands()
 ARCSEC = 1 / 3600.0

@@ -9,6 +9,8 @@ from scipy import stats
 from photoz_spark import metrics
 from photoz_spark.model import scores
 
+pytestmark = pytest.mark.unit
+
 # z_spec = 1 everywhere, so dz / (1 + z_spec) = dz / 2 = [0.1, -0.05, 0, 0.75].
 Z_SPEC = [1.0, 1.0, 1.0, 1.0]
 Z_PHOT = [1.2, 0.9, 1.0, 2.5]

@@ -8,6 +8,8 @@ from scipy import integrate, stats
 from photoz_spark.model import BiLSTMMDN, ModelConfig, mdn, mixture
 from photoz_spark.train.loop import TrainSettings, train
 
+pytestmark = pytest.mark.unit
+
 W = torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64)
 MU = torch.tensor([[0.5, 2.0, 2.6]], dtype=torch.float64)
 SIGMA = torch.tensor([[0.1, 0.3, 0.2]], dtype=torch.float64)
@@ -142,10 +144,10 @@ def test_inference_batch_norm_is_the_batch_norm_affine_map():
 
 
 def test_cpu_chunks_give_the_same_mixture(tmp_path, monkeypatch):
-    from photoz_spark import serving
     from photoz_spark.bands import load_bands
     from photoz_spark.features.sequencing import sequence
     from photoz_spark.features.stats import compute_stats
+    from photoz_spark.registry import artifact as serving
     from photoz_spark.toy import toy_matched_table
 
     # 384 rows x 14 steps x 2 directions x 4 gates x 128 x 4 B = 21 MiB, under the 24 MiB budget

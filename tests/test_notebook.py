@@ -1,9 +1,12 @@
 """notebooks/quickstart.ipynb runs top to bottom on a tiny sky, so it never rots."""
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from photoz_spark import PROJECT_DIR
+
+pytestmark = pytest.mark.slow
 
 
 def test_quickstart_notebook_runs_end_to_end(tmp_path, monkeypatch):

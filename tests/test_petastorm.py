@@ -17,7 +17,7 @@ from photoz_spark.config import ConfigError
 from photoz_spark.train.feeding import ArrowFeed, PetastormFeed, import_petastorm
 
 workdir = test_train_job.workdir  # the fixture (this module gets its own): tiny sdss_wise9 features
-pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),  # petastorm 0.12 on pyarrow's legacy API
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning"),  # petastorm 0.12 on pyarrow's legacy API
               pytest.mark.filterwarnings("ignore:distutils Version classes:DeprecationWarning")]
 
 
@@ -89,11 +89,11 @@ def test_petastorm_trains_logs_and_registers_like_arrow(workdir):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from photoz_spark.registry import download_model
-    from photoz_spark.serving import PhotozModel
+    from photoz_spark.registry.artifact import PhotozModel
+    from photoz_spark.registry.tracking import download_model
 
     runs = {backend: train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.lr=0.01",
-                                     f"train.backend={backend}", f"train.model_name=photoz-{backend}"])
+                                     f"train.backend={backend}", f"mlflow.model_name=photoz-{backend}"])
             for backend in ("petastorm", "arrow")}
     client = MlflowClient(runs["arrow"]["tracking_uri"])
     mlflow.set_tracking_uri(runs["arrow"]["tracking_uri"])

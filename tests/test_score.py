@@ -15,12 +15,9 @@ import pytest
 from photoz_spark import PROJECT_DIR, hats
 from photoz_spark.bands import load_bands
 from photoz_spark.flags import Flag
+from photoz_spark.jobs import build_features, score_catalog
+from photoz_spark.jobs import train as train_job
 from photoz_spark.toy import toy_matched_table
-
-sys.path.insert(0, str(PROJECT_DIR / "jobs"))
-import build_features
-import score_catalog
-import train as train_job
 
 REG = load_bands()
 BAND_SET = REG.band_set("sdss_wise9")
@@ -75,8 +72,8 @@ def scored(workdir):
 
 @pytest.fixture(scope="module")
 def model(workdir):
-    from photoz_spark.registry import download_model
-    from photoz_spark.serving import PhotozModel
+    from photoz_spark.registry.artifact import PhotozModel
+    from photoz_spark.registry.tracking import download_model
 
     return PhotozModel(download_model("models:/photoz-lstm-mdn@champion"))
 
@@ -140,7 +137,7 @@ def test_kernel_without_spark(model):
     assert out.num_rows == 300 and out.column(0).equals(table["THING_ID"].combine_chunks())
     ok = out.column("n_observed").to_numpy() > 0
     raw, observed = __import__("photoz_spark.features.sequencing", fromlist=["sequence"]).sequence(
-        table, model.band_set, model.registry)[:2]
+        table, model.band_set, model.bands)[:2]
     w, mu, sigma = model.mixture_of(raw[ok], observed[ok])
     grid_mode = mdn.mode(w, mu, sigma).numpy()
     np.testing.assert_allclose(out.column("z_phot_mode").to_numpy()[ok], grid_mode, atol=2e-3)
@@ -210,7 +207,8 @@ class _Accumulator:
 
 def test_half_precision_is_used_only_when_it_agrees_with_fp32(workdir, model):
     """The agreement check and the fp32 fallback (bf16 autocast on the CPU stands in for a GPU)."""
-    from photoz_spark.scoring.run import ModelFiles, Runtime, _checked_precision
+    from photoz_spark.registry.resolve import ModelFiles
+    from photoz_spark.scoring.run import Runtime, _checked_precision
 
     files = ModelFiles("m", "1", "", b"weights", b"meta")
     batch = scoring_input(500, 3).to_batches()[0]

@@ -16,6 +16,8 @@ from photoz_spark.sim import realism
 from photoz_spark.sim.photometry import load_or_build_grid
 from photoz_spark.sim.sky import SkyModel, simulate_pixel
 
+pytestmark = pytest.mark.unit
+
 PIXELS = (20000, 20001)
 
 

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 
 from photoz_spark import PROJECT_DIR, hats
+from photoz_spark.jobs import simulate_sky
 from photoz_spark.sim import run as sim_run
-
-sys.path.insert(0, str(PROJECT_DIR / "jobs"))
-import simulate_sky
 
 SMALL = ["sim.footprint.radius_deg=0.3", "sim.quasars.density_deg2=600", "sim.field.galaxy_density_deg2=8000",
          "sim.field.star_density_deg2=1000"]

@@ -17,11 +17,9 @@ import pytest
 
 from photoz_spark import PROJECT_DIR, hats
 from photoz_spark.bands import load_bands
+from photoz_spark.jobs import build_features
+from photoz_spark.jobs import train as train_job
 from photoz_spark.toy import toy_matched_table
-
-sys.path.insert(0, str(PROJECT_DIR / "jobs"))
-import build_features
-import train as train_job
 
 REG = load_bands()
 SMALL_MODEL = ["model.hidden1=16", "model.hidden2=8", "model.dense=16", "model.n_components=3",
@@ -67,8 +65,8 @@ def test_trains_logs_and_registers_champion(first, workdir):
 def test_registered_model_predicts_from_raw_columns(first, workdir):
     import mlflow
 
-    from photoz_spark.registry import download_model
-    from photoz_spark.serving import PhotozModel
+    from photoz_spark.registry.artifact import PhotozModel
+    from photoz_spark.registry.tracking import download_model
 
     mlflow.set_tracking_uri(first["tracking_uri"])
     raw = matched_from_redshift(200, 7)
@@ -80,6 +78,53 @@ def test_registered_model_predicts_from_raw_columns(first, workdir):
     columns = [c for b in REG.band_set("sdss_wise9").bands for c in (b.flux, b.err)]
     same = pyfunc.predict(raw.select(columns).to_pandas())
     np.testing.assert_allclose(same["z_phot_mean"], pred.z_phot_mean, rtol=1e-5)
+
+
+OUTSIDE_SCRIPT = """
+import json, sys
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model("models:/photoz-lstm-mdn@champion")
+out = model.predict(pd.read_parquet("input.parquet"))
+import photoz_spark
+from photoz_spark import PROJECT_DIR
+loaded = model.unwrap_python_model().model
+json.dump({"package": photoz_spark.__file__, "conf": (PROJECT_DIR / "conf").exists(),
+           "band_set": loaded.band_set.name, "z_phot_mean": out["z_phot_mean"].tolist()}, open("out.json", "w"))
+"""
+
+
+def test_champion_predicts_the_same_outside_the_checkout(first, tmp_path):
+    """From a folder with no conf/, without the checkout on the path, the champion loads its own
+    code copy and band definitions and predicts the numbers it predicts here."""
+    from photoz_spark.registry.artifact import PhotozModel
+    from photoz_spark.registry.tracking import download_model
+
+    raw = matched_from_redshift(100, 11)
+    band_set = REG.band_set("sdss_wise9")
+    raw.select([c for b in band_set.bands for c in (b.flux, b.err)]).to_pandas().to_parquet(tmp_path / "input.parquet")
+    (tmp_path / "predict.py").write_text(OUTSIDE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["MLFLOW_TRACKING_URI"] = first["tracking_uri"]
+    subprocess.run([sys.executable, "predict.py"], cwd=tmp_path, env=env, check=True, timeout=300,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert PROJECT_DIR not in Path(out["package"]).parents and not out["conf"], out["package"]
+    assert out["band_set"] == "sdss_wise9"
+    here = PhotozModel(download_model("models:/photoz-lstm-mdn@champion")).predict_table(raw)
+    np.testing.assert_array_equal(np.asarray(out["z_phot_mean"], np.float32), here.z_phot_mean.to_numpy())
+
+
+def test_a_model_without_band_definitions_still_loads(first):
+    """Models saved before the band definitions travelled with them fall back to conf/bands.yaml."""
+    from photoz_spark.registry.artifact import META_FILE, PhotozModel
+    from photoz_spark.registry.tracking import download_model
+
+    directory = download_model("models:/photoz-lstm-mdn@champion")
+    meta = json.loads((directory / META_FILE).read_text())
+    assert meta["bands"]["band_set"] == "sdss_wise9" and len(meta["bands"]["bands"]) == 9
+    (directory / META_FILE).write_text(json.dumps({k: v for k, v in meta.items() if k != "bands"}))
+    old = PhotozModel(directory)
+    assert old.band_set.name == "sdss_wise9" and old.band_set.names == REG.band_set("sdss_wise9").names
 
 
 def test_worse_model_is_registered_but_not_promoted(first, workdir):
@@ -95,8 +140,8 @@ def test_worse_model_is_registered_but_not_promoted(first, workdir):
 
     import mlflow
 
-    from photoz_spark.registry import download_model
-    from photoz_spark.serving import PhotozModel
+    from photoz_spark.registry.artifact import PhotozModel
+    from photoz_spark.registry.tracking import download_model
 
     mlflow.set_tracking_uri(worse["tracking_uri"])
     calibrated = PhotozModel(download_model("models:/photoz-lstm-mdn/2"))
@@ -107,7 +152,7 @@ def test_worse_model_is_registered_but_not_promoted(first, workdir):
 def test_killed_run_resumes_from_checkpoint(first, workdir):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, str(PROJECT_DIR / "jobs" / "train.py"), "--workdir", str(workdir), *SMALL_MODEL,
-            "train.max_epochs=40", "train.patience=100", "train.model_name=resumable"]
+            "train.max_epochs=40", "train.patience=100", "mlflow.model_name=resumable"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     history = workdir / "train" / "resumable" / "history.jsonl"
@@ -119,7 +164,7 @@ def test_killed_run_resumes_from_checkpoint(first, workdir):
     done = len(history.read_text().splitlines())
     assert 2 <= done < 40
     resumed = train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.max_epochs=6", "train.patience=100",
-                              "train.model_name=resumable"])
+                              "mlflow.model_name=resumable"])
     assert resumed["resumed"] and resumed["epochs"] == 6 and resumed["promotion"]["version"] == 1
 
 
@@ -193,7 +238,7 @@ def mlflow_server(tmp_path):
 def test_registry_on_a_real_mlflow_server(workdir, mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     out = train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.max_epochs=1",
-                          "train.model_name=served"])
+                          "mlflow.model_name=served"])
     assert out["tracking_uri"] == mlflow_server and out["promotion"]["promoted"]
     with urllib.request.urlopen(f"{mlflow_server}/api/2.0/mlflow/registered-models/alias"
                                 f"?name=served&alias=champion", timeout=10) as response:

@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from photoz_spark.config import load_config, require
+from photoz_spark.errors import InputError
 from photoz_spark.evaluate import report
 from photoz_spark.evaluate.predict import LabelledCatalog
 from photoz_spark.evaluate.run import EvalSettings, evaluate_model
 from photoz_spark.features.split import SPLITS
 from photoz_spark.metrics import figures
+from photoz_spark.registry.resolve import latest_matching_version
 
 REPORT_NAME = "ablation"
-RESERVED_KEYS = ("features.band_set", "features.split.seed", "train.band_set", "train.model_name")
+RESERVED_KEYS = ("features.band_set", "features.split.seed", "train.band_set", "mlflow.model_name")
 SIGMA_NMAD_SE = 1.164   # standard error of sigma_NMAD ~ 1.164 sigma_NMAD / sqrt(N) (median of a half-normal)
 
 
@@ -69,13 +71,14 @@ class AblationSettings:
         return [*self.features_overrides, f"features.band_set={band_set}", f"features.split.seed={self.split_seed}"]
 
     def train_overrides_for(self, band_set: str) -> list[str]:
-        return [*self.train_overrides, f"train.band_set={band_set}", f"train.model_name={self.model_name(band_set)}"]
+        return [*self.train_overrides, f"train.band_set={band_set}", f"mlflow.model_name={self.model_name(band_set)}"]
 
 
 def common_overrides(config: dict, job: str) -> list[str]:
     """What the features or train sub-jobs inherit from the ablation's own configuration."""
     shared = [f"bands_file={config['bands_file']}"]
-    return shared + ([f"mlflow.tracking_uri={config['mlflow']['tracking_uri']}"] if job == "train" else [])
+    return shared + ([f"mlflow.tracking_uri={config['mlflow']['tracking_uri']}",
+                      f"mlflow.experiment={config['mlflow']['experiment']}"] if job == "train" else [])
 
 
 def features_up_to_date(features_dir: Path, overrides: list[str], registry) -> bool:
@@ -91,21 +94,11 @@ def features_up_to_date(features_dir: Path, overrides: list[str], registry) -> b
     return json.loads(path.read_text()) == expected
 
 
-def latest_matching_version(client, name: str, train_config: dict, counts: dict) -> str | None:
-    """The latest registered version of ``name`` if its run logged these train/model settings and row counts."""
-    try:
-        versions = client.search_model_versions(f"name='{name}'")
-    except Exception:  # noqa: BLE001 - no such model yet
-        return None
-    if not versions:
-        return None
-    latest = max(versions, key=lambda v: int(v.version))
-    params = client.get_run(latest.run_id).data.params
-    wanted = {**{f"train.{k}": v for k, v in train_config["train"].items()},
-              **{f"model.{k}": v for k, v in train_config["model"].items()},
-              **{f"rows.{k}": v for k, v in counts.items()}}
-    same = all(params.get(key) == str(value) for key, value in wanted.items())
-    return str(latest.version) if same else None
+def training_params(train_config: dict, counts: dict) -> dict:
+    """The run parameters a model trained with ``train_config`` on these row counts logged."""
+    return {**{f"train.{k}": v for k, v in train_config["train"].items()},
+            **{f"model.{k}": v for k, v in train_config["model"].items()},
+            **{f"rows.{k}": v for k, v in counts.items()}}
 
 
 def split_agreement(catalogs: dict[str, LabelledCatalog]) -> dict[str, dict]:
@@ -124,7 +117,7 @@ def split_agreement(catalogs: dict[str, LabelledCatalog]) -> dict[str, dict]:
         joined = base.merge(catalogs[name].id_splits().to_pandas(), on="id", suffixes=("_a", "_b"))
         out[name] = {"shared": len(joined), "disagree": int((joined["split_a"] != joined["split_b"]).sum())}
         if out[name]["disagree"]:
-            raise ValueError(f"the split of features/{name} disagrees with features/{names[0]} on "
+            raise InputError(f"the split of features/{name} disagrees with features/{names[0]} on "
                              f"{out[name]['disagree']} of {out[name]['shared']} shared ids: rebuild both with the "
                              "same features.split settings (rerun the ablation without --skip-existing)")
     return out
@@ -231,8 +224,8 @@ def ablation_markdown(table2: list[dict], checks: list[dict], agreement: dict, s
 
 def _evaluate_version(registry, name: str, version: str, catalog, batch_size: int):
     """(ModelFiles, test-split Evaluation, training record) of registered ``name`` version ``version``."""
-    from photoz_spark.scoring.run import download_version
-    from photoz_spark.serving import PhotozModel
+    from photoz_spark.registry.artifact import PhotozModel
+    from photoz_spark.registry.resolve import download_version
 
     files, directory = download_version(name, version)
     model = PhotozModel(directory, registry)
@@ -252,7 +245,7 @@ def prepare_features(config: dict, settings: AblationSettings, registry, workdir
     return steps
 
 
-def model_version(client, config: dict, settings: AblationSettings, band_set: str, catalog, step: dict, workdir,
+def model_version(config: dict, settings: AblationSettings, band_set: str, catalog, step: dict, workdir,
                   train_main) -> tuple[str, dict]:
     """The registered version to evaluate for ``band_set``: kept (skip_existing, same settings) or newly trained.
 
@@ -264,7 +257,7 @@ def model_version(client, config: dict, settings: AblationSettings, band_set: st
     counts = {s: catalog.count(s) for s in SPLITS}
     version = None
     if settings.skip_existing and step["features"] == "kept":  # rebuilt features always mean a new model
-        version = latest_matching_version(client, settings.model_name(band_set), train_config, counts)
+        version = latest_matching_version(settings.model_name(band_set), training_params(train_config, counts))
     step["model"] = f"kept v{version}"
     if version is None:
         version = str(train_main(["--workdir", str(workdir.root), *overrides])["promotion"]["version"])
@@ -298,23 +291,19 @@ def run_ablation(config: dict, registry, workdir, build_main, train_main) -> dic
     Raises:
         ValueError / ConfigError: bad settings, or split assignments that disagree.
     """
-    from mlflow.tracking import MlflowClient
-
-    from photoz_spark import registry as reg
+    from photoz_spark.registry import tracking
 
     t0 = time.time()
     settings = AblationSettings.from_config(config["ablation"], registry)
     steps = prepare_features(config, settings, registry, workdir, build_main)  # all first: a split mismatch
     catalogs = {b: LabelledCatalog(Path(workdir.features) / b) for b in settings.band_sets}  # stops before training
     agreement = split_agreement(catalogs)
-    uri = reg.tracking_uri(config, workdir)
-    client = MlflowClient(uri, registry_uri=uri)
+    uri = tracking.tracking_uri(config, workdir)
     table2, panels = [], []
     for band_set in settings.band_sets:
-        version, train_config = model_version(client, config, settings, band_set, catalogs[band_set], steps[band_set],
-                                              workdir, train_main)
-        experiment = train_config["train"]["experiment"]
-        reg.connect(uri, workdir, experiment)
+        tracking.connect(uri, workdir, config["mlflow"]["experiment"])
+        version, _ = model_version(config, settings, band_set, catalogs[band_set], steps[band_set], workdir, train_main)
+        tracking.connect(uri, workdir, config["mlflow"]["experiment"])  # training may have pointed it elsewhere
         files, evaluation, trained = _evaluate_version(registry, settings.model_name(band_set), version,
                                                        catalogs[band_set], settings.batch_size)
         steps[band_set]["model_uri"] = files.uri

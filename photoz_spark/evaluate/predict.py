@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import torch
 
+from photoz_spark.errors import MissingInput
 from photoz_spark.features.build import list_matrix
 from photoz_spark.hats import DATASET_DIR
 from photoz_spark.model.calibration import PitCalibration
@@ -61,7 +62,7 @@ class LabelledCatalog:
         self.directory = Path(directory)
         layout_path = self.directory / LAYOUT_FILE
         if not layout_path.is_file():
-            raise FileNotFoundError(f"no features at {self.directory} ({LAYOUT_FILE} missing): "
+            raise MissingInput(f"no features at {self.directory} ({LAYOUT_FILE} missing): "
                                     "run jobs/build_features.py --band-set <band set>")
         self.layout = json.loads(layout_path.read_text())
         self.dataset = ds.dataset(self.directory / DATASET_DIR, format="parquet", exclude_invalid_files=True)
@@ -92,7 +93,7 @@ def predict_split(model, catalog: LabelledCatalog, split: str, batch_size: int,
     """Run ``model`` over one split in batches of ``batch_size`` rows.
 
     Args:
-        model: a ``serving.PhotozModel`` (standardises with its own training statistics).
+        model: a ``registry.artifact.PhotozModel`` (standardises with its own training statistics).
         catalog: the labelled features catalog.
         split: train, validation or test.
         batch_size: rows per forward pass (bounds memory).

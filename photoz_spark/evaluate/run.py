@@ -1,6 +1,6 @@
 """Stage of jobs/evaluate.py: a registered model on a labelled features catalog -> report + MLflow.
 
-The model is fetched with ``scoring.run.resolve_model`` (alias or version), each split of the
+The model is fetched with ``registry.resolve.resolve_model`` (alias or version), each split of the
 labelled catalog is streamed through it on the driver (``predict``: why no Spark is needed is
 said there), and Table 1, the per-z-bin table, the recalibration comparison and Figs. 3-6 are
 written to ``reports/<model>-v<version>/`` through a staging folder (a rerun replaces the
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from photoz_spark.config import require
+from photoz_spark.errors import InputError
 from photoz_spark.evaluate import report
 from photoz_spark.evaluate.predict import LabelledCatalog, SplitResult, predict_split
 from photoz_spark.features.split import SPLITS
@@ -73,7 +74,7 @@ def check_compatible(model, catalog: LabelledCatalog) -> None:
     """The catalog's feature sequence must be the one the model was trained on."""
     wanted, found = model.meta["layout"]["bands"], catalog.layout["bands"]
     if wanted != found:
-        raise ValueError(f"{catalog.directory} holds band set {catalog.layout['band_set']!r} ({len(found)} bands), "
+        raise InputError(f"{catalog.directory} holds band set {catalog.layout['band_set']!r} ({len(found)} bands), "
                          f"the model was trained on {model.meta['layout']['band_set']!r}: set evaluate.features="
                          f"features/{model.meta['layout']['band_set']} or build it with jobs/build_features.py "
                          f"--band-set {model.meta['layout']['band_set']}")
@@ -84,7 +85,7 @@ def check_splits(catalog: LabelledCatalog, splits) -> dict[str, int]:
     counts = {split: catalog.count(split) for split in splits}
     for split, n in counts.items():
         if n == 0:
-            raise ValueError(f"the {split} split of {catalog.directory} is empty: rebuild the features with "
+            raise InputError(f"the {split} split of {catalog.directory} is empty: rebuild the features with "
                              f"features.split.{split} > 0, or leave it out (evaluate.splits)")
     return counts
 
@@ -96,7 +97,7 @@ def evaluate_model(model, catalog: LabelledCatalog, settings: EvalSettings) -> E
     the validation split (when evaluated) and applied to the test split only, to show what it would do.
 
     Args:
-        model: a ``serving.PhotozModel``.
+        model: a ``registry.artifact.PhotozModel``.
         catalog: the labelled features catalog.
         settings: splits, batch size, z bins, example redshifts, knots.
 
@@ -178,29 +179,6 @@ def mlflow_metrics(evaluation: Evaluation) -> dict[str, float]:
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
-def log_to_run(tracking_uri: str, run_id: str, report_dir: Path, metrics: dict) -> None:
-    """Log the report folder (artifact path ``evaluation``) and the metrics into the model's run."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    client.log_artifacts(run_id, str(report_dir), "evaluation")
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, value)
-
-
-def _resolve(config: dict, workdir):
-    """(ModelFiles, model dir, tracking uri, run id) of the model ``evaluate`` names."""
-    from mlflow.tracking import MlflowClient
-
-    from photoz_spark import registry as reg
-    from photoz_spark.scoring.run import resolve_model
-
-    files, directory = resolve_model(config, workdir, "evaluate")
-    uri = reg.tracking_uri(config, workdir)
-    run_id = MlflowClient(uri, registry_uri=uri).get_model_version(files.name, files.version).run_id
-    return files, directory, uri, run_id
-
-
 def features_dir(cfg: dict, workdir, band_set: str) -> Path:
     """evaluate.features (relative to the workdir, or absolute), default features/<band set>."""
     if not cfg["features"]:
@@ -217,11 +195,15 @@ def evaluate_registered(config: dict, registry, workdir) -> dict:
         FileNotFoundError: no features catalog.
         ConnectionError: the tracking server does not answer.
     """
-    from photoz_spark.serving import PhotozModel
+    from photoz_spark.registry import tracking
+    from photoz_spark.registry.artifact import PhotozModel
+    from photoz_spark.registry.resolve import resolve_model
+
     t0 = time.time()
     cfg = config["evaluate"]
     settings = EvalSettings.from_config(cfg)
-    files, model_dir, uri, run_id = _resolve(config, workdir)
+    files, model_dir = resolve_model(config, workdir, "evaluate")
+    uri, run_id = tracking.tracking_uri(config, workdir), files.run_id
     model = PhotozModel(model_dir, registry)
     band_set = model.meta["layout"]["band_set"]
     catalog = LabelledCatalog(features_dir(cfg, workdir, band_set))
@@ -235,7 +217,7 @@ def evaluate_registered(config: dict, registry, workdir) -> dict:
         written = write_report(evaluation, info, staged)
     metrics = mlflow_metrics(evaluation)
     if cfg["log_to_mlflow"]:
-        log_to_run(uri, run_id, target, metrics)
+        tracking.log_to_run(uri, run_id, target, "evaluation", metrics)
     return {"model_uri": files.uri, "run_id": run_id, "tracking_uri": uri, "band_set": band_set,
             "features": str(catalog.directory), "report": target / written["report"].name,  # staged paths -> committed ones
             "figures": [target / p.name for p in written["figures"]], "tables": [target / p.name for p in written["tables"]],

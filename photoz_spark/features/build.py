@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from photoz_spark.bands import BandSet, Registry
+from photoz_spark.bands import BandCatalog, BandSet
 from photoz_spark.features.selection import select
 from photoz_spark.features.sequencing import CHANNELS, UNIT, band_columns, sequence
 from photoz_spark.features.split import EXCLUDED, SPLITS, assign_split
@@ -26,7 +26,7 @@ class FeatureSpec:
     """Everything that decides a row's features, selection and split."""
 
     band_set: BandSet
-    registry: Registry
+    registry: BandCatalog
     id_column: str
     ra_column: str
     dec_column: str

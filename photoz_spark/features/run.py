@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from photoz_spark import hats
-from photoz_spark.bands import Registry
+from photoz_spark.bands import BandCatalog
 from photoz_spark.config import require
+from photoz_spark.errors import InputError
 from photoz_spark.features.build import (
     FeatureSpec,
     batch_summary,
@@ -39,7 +40,7 @@ LAYOUT_FILE = "layout.json"
 PROPERTY_PREFIX = "photoz_"
 
 
-def feature_spec(cfg: dict, registry: Registry) -> FeatureSpec:
+def feature_spec(cfg: dict, registry: BandCatalog) -> FeatureSpec:
     """The ``features`` settings as a FeatureSpec, refusing values out of range.
 
     Raises:
@@ -75,9 +76,9 @@ def check_input(schema: pa.Schema, spec: FeatureSpec, where: Path) -> None:
     """Refuse an input that lacks a column the features need, or holds one of the wrong type."""
     def need(column: str, ok, what: str, kind: str) -> None:
         if column not in schema.names:
-            raise ValueError(f"{where} has no column {column!r} ({what})")
+            raise InputError(f"{where} has no column {column!r} ({what})")
         if not ok(schema.field(column).type):
-            raise ValueError(f"{where}: column {column!r} ({what}) must be {kind}, is {schema.field(column).type}")
+            raise InputError(f"{where}: column {column!r} ({what}) must be {kind}, is {schema.field(column).type}")
 
     for band in spec.band_set.bands:
         for column in (band.flux, band.err):
@@ -93,7 +94,7 @@ def check_input(schema: pa.Schema, spec: FeatureSpec, where: Path) -> None:
         need(FLAGS_COLUMN, pa.types.is_integer, "quality flags", "an integer")
 
 
-def validate(cfg: dict, registry: Registry, workdir) -> tuple[FeatureSpec, Path]:
+def validate(cfg: dict, registry: BandCatalog, workdir) -> tuple[FeatureSpec, Path]:
     """Check the settings and the input before any Spark work.
 
     Args:
@@ -110,7 +111,7 @@ def validate(cfg: dict, registry: Registry, workdir) -> tuple[FeatureSpec, Path]
     spec = feature_spec(cfg, registry)
     matched = workdir.matched / cfg["matched"]
     if not (matched / hats.PROPERTIES_FILE).is_file():
-        raise ValueError(f"matched catalog not found: {matched} (run jobs/crossmatch.py, or set features.matched)")
+        raise InputError(f"matched catalog not found: {matched} (run jobs/crossmatch.py, or set features.matched)")
     check_input(input_schema(matched), spec, matched)
     return spec, matched
 
@@ -148,7 +149,7 @@ def _summary(featured, spec: FeatureSpec, schema: pa.Schema) -> dict:
     return reduce(combine_summaries, partials, empty)
 
 
-def build_features(spark, cfg: dict, registry: Registry, workdir) -> dict:
+def build_features(spark, cfg: dict, registry: BandCatalog, workdir) -> dict:
     """Build ``features/<band_set>/`` from ``matched/<cfg.matched>/``.
 
     Args:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from photoz_spark.bands import BandSet, Registry
+from photoz_spark.bands import BandCatalog, BandSet
 from photoz_spark.flags import Flag
 
 CHANNELS = ("flux", "flux_err")
@@ -66,7 +66,7 @@ def _sigma(err: np.ndarray, err_null: np.ndarray, err_kind: str) -> tuple[np.nda
 
 
 def sequence(data: pa.Table | pa.RecordBatch, band_set: BandSet,
-             registry: Registry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             registry: BandCatalog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Turn native band columns into the model's input sequence.
 
     Args:

@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from photoz_spark.errors import InputError
+
 SPLITS = ("train", "validation", "test")
 EXCLUDED = "excluded"  # rows that are written but not used (bad redshift, ZWARNING, incomplete)
 
@@ -70,7 +72,7 @@ def check_fractions(fractions) -> tuple[float, float, float]:
     """Three non-negative fractions that sum to 1, or a ValueError saying so."""
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != len(SPLITS) or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-9:
-        raise ValueError(f"split fractions ({', '.join(SPLITS)}) must be 3 values >= 0 summing to 1, "
+        raise InputError(f"split fractions ({', '.join(SPLITS)}) must be 3 values >= 0 summing to 1, "
                          f"got {fractions}")
     return fractions
 

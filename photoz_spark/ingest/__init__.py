@@ -5,6 +5,8 @@ file's rows in bounded chunks, ``transform`` turns a chunk into the pipeline's n
 and ``run`` validates everything up front, stages the chunks and writes the catalog with Spark.
 """
 
+from photoz_spark.errors import UserError
 
-class IngestError(ValueError):
+
+class IngestError(UserError, ValueError):
     """Input the ingest cannot use: a missing column, a unit mismatch, an unreadable file."""

@@ -35,7 +35,7 @@ def precision_check(model, table: pa.Table | pa.RecordBatch, tolerance: float, q
     """Does the network under ``model.precision`` autocast give the fp32 z_mean on this batch?
 
     Args:
-        model: a ``serving.PhotozModel`` whose ``precision`` is bf16 or fp16.
+        model: a ``registry.artifact.PhotozModel`` whose ``precision`` is bf16 or fp16.
         table: a batch of the catalog (its first ``max_rows`` scorable rows are used).
         tolerance: allowed |z_mean(half) - z_mean(fp32)|.
         quantile: of the |difference| that must be <= tolerance (0.99: 99 % of rows; 1.0: all).
@@ -43,7 +43,7 @@ def precision_check(model, table: pa.Table | pa.RecordBatch, tolerance: float, q
     Returns:
         rows, the |difference| at ``quantile`` and at its maximum, and ``passed``.
     """
-    raw, observed, _ = sequence(table, model.band_set, model.registry)
+    raw, observed, _ = sequence(table, model.band_set, model.bands)
     rows = np.flatnonzero(observed.any(axis=1))[:max_rows]
     if not len(rows):
         return {"rows": 0, "dz_quantile": 0.0, "dz_max": 0.0, "passed": True}
@@ -73,7 +73,7 @@ def score_batch(model, table: pa.Table | pa.RecordBatch, keep: Sequence[str] = (
     """Score one batch.
 
     Args:
-        model: a ``serving.PhotozModel``.
+        model: a ``registry.artifact.PhotozModel``.
         table: rows holding the model band set's native flux/error columns; an integer ``flags``
             column, if present, is ORed into the output flags.
         keep: input columns passed through unchanged (ids, coordinates, ``_healpix_29``).
@@ -85,7 +85,7 @@ def score_batch(model, table: pa.Table | pa.RecordBatch, keep: Sequence[str] = (
         table = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(
             [], schema=table.schema)
     n = table.num_rows
-    raw, observed, flags = sequence(table, model.band_set, model.registry)
+    raw, observed, flags = sequence(table, model.band_set, model.bands)
     n_observed = observed.sum(axis=1).astype(np.int32)
     if FLAGS_COLUMN in table.schema.names:
         flags |= np.nan_to_num(table.column(FLAGS_COLUMN).to_numpy(zero_copy_only=False)).astype(np.int32)

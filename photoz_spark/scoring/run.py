@@ -11,7 +11,6 @@ folder and committed at the end, so a killed run leaves no partial catalog at
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -24,11 +23,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from photoz_spark import hats
-from photoz_spark.bands import Registry
+from photoz_spark.bands import BandCatalog
 from photoz_spark.config import require
+from photoz_spark.errors import InputError
 from photoz_spark.features.sequencing import band_columns
 from photoz_spark.flags import FLAGS_COLUMN, Flag, count_flags
-from photoz_spark.serving import META_FILE, WEIGHTS_FILE
+from photoz_spark.registry.artifact import META_FILE, WEIGHTS_FILE
+from photoz_spark.registry.resolve import ModelFiles
 
 try:
     from pyspark.accumulators import AccumulatorParam
@@ -38,34 +39,13 @@ except ImportError:  # a GPU host with torch only: the kernel and load_model sti
 _MODELS: dict = {}  # model id -> PhotozModel, one per Python worker process
 
 
-@dataclass(frozen=True)
-class ModelFiles:
-    """A model's files as bytes (what is broadcast) and where it came from."""
-
-    name: str
-    version: str
-    uri: str
-    weights: bytes
-    meta: bytes
-
-    @property
-    def model_id(self) -> str:
-        return hashlib.sha256(self.weights + self.meta).hexdigest()[:16]
-
-    @classmethod
-    def from_dir(cls, directory: Path, name: str = "local", version: str = "0", uri: str = "") -> ModelFiles:
-        directory = Path(directory)
-        return cls(name, str(version), uri or str(directory), (directory / WEIGHTS_FILE).read_bytes(),
-                   (directory / META_FILE).read_bytes())
-
-
 def load_model(files: ModelFiles, bands_file: str | None = None, device: str = "cpu", precision: str = "fp32"):
     """The PhotozModel of ``files`` on ``device``, built once per process (and device)."""
     key = (files.model_id, device)
     model = _MODELS.get(key)
     if model is None:
         from photoz_spark.bands import load_bands
-        from photoz_spark.serving import PhotozModel
+        from photoz_spark.registry.artifact import PhotozModel
 
         tmp = Path(tempfile.mkdtemp(prefix="photoz-score-"))
         try:
@@ -141,53 +121,6 @@ def _checked_precision(model, files: ModelFiles, device: str, runtime: Runtime, 
     return _PRECISION[key]
 
 
-def resolve_model(config: dict, workdir, section: str = "score") -> tuple[ModelFiles, Path]:
-    """Download ``models:/<name>@<alias>`` (or ``/<version>``) from the registry.
-
-    Args:
-        config: the job configuration; ``config[section]`` has model_name, alias, version and
-            experiment (the keys a user sets, so the error message names them).
-        workdir: the job's Workdir (the embedded registry lives there).
-        section: the config section naming the model: score (scoring) or evaluate.
-
-    Returns:
-        The model's files and the local folder they were downloaded to.
-
-    Raises:
-        ConnectionError: the tracking server does not answer.
-        ValueError: no such model, alias or version.
-    """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from photoz_spark import registry as reg
-
-    cfg = config[section]
-    uri = reg.tracking_uri(config, workdir)
-    reg.connect(uri, workdir, cfg["experiment"])
-    client = MlflowClient(uri, registry_uri=uri)
-    name, version = cfg["model_name"], str(cfg["version"] or "")
-    try:
-        if not version:
-            version = str(client.get_model_version_by_alias(name, cfg["alias"]).version)
-        client.get_model_version(name, version)
-    except mlflow.exceptions.MlflowException as err:
-        what = f"version {version}" if cfg["version"] else f"alias '{cfg['alias']}'"
-        raise ValueError(f"model {name!r} {what} not found in the registry at {uri} (train one with "
-                         f"jobs/train.py, or set {section}.model_name and {section}.version or "
-                         f"{section}.alias)") from err
-    return download_version(name, version)
-
-
-def download_version(name: str, version: str) -> tuple[ModelFiles, Path]:
-    """The files of registered ``name`` version ``version`` (registry already connected) and their folder."""
-    from photoz_spark import registry as reg
-
-    model_uri = f"models:/{name}/{version}"
-    directory = reg.download_model(model_uri)
-    return ModelFiles.from_dir(directory, name, str(version), model_uri), directory
-
-
 @dataclass(frozen=True)
 class ScorePlan:
     """What the stage reads and keeps: the input, its id/coordinate columns, the output."""
@@ -202,7 +135,7 @@ class ScorePlan:
     has_flags: bool
 
 
-def plan(cfg: dict, registry: Registry, workdir, band_set) -> ScorePlan:
+def plan(cfg: dict, registry: BandCatalog, workdir, band_set) -> ScorePlan:
     """Check the input catalog before any Spark work; every missing column in one message.
 
     Raises:
@@ -214,7 +147,7 @@ def plan(cfg: dict, registry: Registry, workdir, band_set) -> ScorePlan:
     require(int(cfg["batch_size"]) >= 1, f"score.batch_size must be >= 1, got {cfg['batch_size']}")
     source = Path(workdir.root) / cfg["input"]
     if not (source / hats.PROPERTIES_FILE).is_file():
-        raise ValueError(f"input catalog not found: {source} (set score.input to catalogs/<name> or matched/<run>)")
+        raise InputError(f"input catalog not found: {source} (set score.input to catalogs/<name> or matched/<run>)")
     props = hats.read_properties(source)
     if parts[0] == "catalogs":
         cat_name = parts[1] if parts[1] in registry.catalogs else props.get("obs_collection", "")
@@ -240,7 +173,7 @@ def plan(cfg: dict, registry: Registry, workdir, band_set) -> ScorePlan:
                           "list it in score.missing_bands)")
         if missing_keys:
             pieces.append(f"the {cat_name} id/coordinate columns {', '.join(missing_keys)}")
-        raise ValueError(f"catalog {cfg['input']} ({source}) lacks columns: " + "; ".join(pieces))
+        raise InputError(f"catalog {cfg['input']} ({source}) lacks columns: " + "; ".join(pieces))
     return ScorePlan(source, cfg["output"] or parts[1], cat.id, cat.ra, cat.dec,
                      int(props["hats_order"]), tuple(dict.fromkeys((cat.id, cat.ra, cat.dec, hats.HEALPIX_COLUMN))),
                      FLAGS_COLUMN in names)
@@ -282,7 +215,7 @@ class ListParam(AccumulatorParam):
         return a + b
 
 
-def score_catalog(spark, config: dict, registry: Registry, workdir, files: ModelFiles, band_set,
+def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: ModelFiles, band_set,
                   bands_file: str | None = None) -> dict:
     """Score ``score.input`` into ``scores/<name>``. Returns the job summary."""
     from photoz_spark.scoring.kernel import output_schema

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from photoz_spark.config import require
+from photoz_spark.errors import InputError, MissingInput
 from photoz_spark.model import ModelConfig
 from photoz_spark.train.loop import TrainSettings
 
@@ -59,7 +60,7 @@ def check_finite(data, split: str) -> None:
     """NaN or inf in standardised features or z would poison training: stop before it starts."""
     bad = ~np.isfinite(data.features.numpy()).all(axis=1) | ~np.isfinite(data.z.numpy())
     if bad.any():
-        raise ValueError(f"{int(bad.sum())} rows of the {split} split hold NaN/inf after standardisation; "
+        raise InputError(f"{int(bad.sum())} rows of the {split} split hold NaN/inf after standardisation; "
                          "rebuild the features")
 
 
@@ -88,10 +89,10 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
     settings = settings_from(cfg)
     model = BiLSTMMDN(ModelConfig(**model_cfg))
 
-    client = None
+    log_metric = None
     if rank == 0 and tracking:  # per-epoch metrics go to the run live, from rank 0
-        from mlflow.tracking import MlflowClient
-        client = MlflowClient(tracking["uri"])
+        from photoz_spark.registry.tracking import epoch_logger
+        log_metric = epoch_logger(tracking["uri"], tracking["run_id"])
 
     def on_epoch(record):
         if rank == 0:
@@ -99,10 +100,10 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
             line["samples_per_s"] *= world
             with open(out / "history.jsonl", "a") as fh:
                 fh.write(json.dumps(line) + "\n")
-            if client is not None:
+            if log_metric is not None:
                 for key, name in (("train_loss", "train_nll"), ("val_loss", "val_nll"), ("lr", "lr"),
                                   ("samples_per_s", "samples_per_s")):
-                    client.log_metric(tracking["run_id"], name, line[key], step=line["epoch"])
+                    log_metric(name, line[key], step=line["epoch"])
             print(f"epoch {record['epoch']:4d}  train NLL {record['train_loss']:8.4f}  val NLL {record['val_loss']:8.4f}"
                   f"  lr {record['lr']:.1e}  {line['samples_per_s']:9,.0f} samples/s", flush=True)
 
@@ -197,14 +198,13 @@ def calibration_metrics(arrays: dict, prefix: str) -> dict:
 
 def train_and_register(spark, config: dict, registry, workdir) -> dict:
     """The whole training stage. Returns the summary the job prints."""
-    import mlflow
     import torch
 
-    from photoz_spark import registry as reg
     from photoz_spark.metrics.figures import zphot_figure
     from photoz_spark.model import BiLSTMMDN
     from photoz_spark.model.calibration import PitCalibration
-    from photoz_spark.serving import PhotozModel, save_model_files
+    from photoz_spark.registry import tracking as reg
+    from photoz_spark.registry.artifact import PhotozModel, save_model_files
     from photoz_spark.train.feeding import ArrowFeed, PetastormFeed, import_petastorm
 
     t0 = time.time()
@@ -214,7 +214,7 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
     registry.band_set(cfg["band_set"])  # unknown band set -> one-line error
     features_dir = Path(workdir.features) / cfg["band_set"]
     if not (features_dir / "layout.json").is_file():
-        raise FileNotFoundError(f"no features at {features_dir}: run jobs/build_features.py --band-set {cfg['band_set']}")
+        raise MissingInput(f"no features at {features_dir}: run jobs/build_features.py --band-set {cfg['band_set']}")
     feed = ArrowFeed(features_dir)
     counts = {s: feed.count(s) for s in ("train", "validation", "test")}
     validate(cfg, feed.layout, feed.stats, counts)
@@ -222,9 +222,10 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
     splits = {"validation": feed.load("validation")}  # read once: checked now, evaluated after training
     check_finite(splits["validation"], "validation")
     uri = reg.tracking_uri(config, workdir)
-    experiment_id = reg.connect(uri, workdir, cfg["experiment"])
+    model_name = config["mlflow"]["model_name"]
+    experiment_id = reg.connect(uri, workdir, config["mlflow"]["experiment"])
 
-    out_dir = Path(workdir.root) / "train" / cfg["model_name"]
+    out_dir = Path(workdir.root) / "train" / model_name
     out_dir.mkdir(parents=True, exist_ok=True)
     run_file = out_dir / "run.json"
     resumed = cfg["resume"] and run_file.is_file() and (out_dir / "checkpoint.pt").is_file()
@@ -233,10 +234,10 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
             (out_dir / old).unlink(missing_ok=True)
     run_id = json.loads(run_file.read_text())["run_id"] if resumed else None
     mcfg = model_config(config["model"], feed.layout)
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id) as run:
+    with reg.start_run(run_id, experiment_id) as run:
         run_file.write_text(json.dumps({"run_id": run.info.run_id}))
         if not resumed:
-            mlflow.log_params({**{f"train.{k}": v for k, v in cfg.items()}, **{f"model.{k}": v for k, v in mcfg.items()},
+            reg.log_params({**{f"train.{k}": v for k, v in cfg.items()}, **{f"model.{k}": v for k, v in mcfg.items()},
                                "rows.train": counts["train"], "rows.validation": counts["validation"],
                                "rows.test": counts["test"]})
         rank_feed = (PetastormFeed.create(spark, features_dir, out_dir / "petastorm-cache", cfg["num_processes"])
@@ -263,26 +264,27 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
                     # Fitted on validation PIT, judged on the test split it never saw.
                     calibration = PitCalibration.fit(plots[split]["pit"], int(cfg["calibration_knots"]))
                 metrics.update(calibration_metrics(plots[split], prefix))
-        mlflow.log_metrics(metrics)
+        reg.log_metrics(metrics)
         figure = out_dir / "zphot_vs_zspec_test.png"
         if "test" in plots:
             zphot_figure(plots["test"]["z_spec"], plots["test"]["z_phot"], figure,
-                         f"{cfg['model_name']} ({cfg['band_set']}), test split",
+                         f"{model_name} ({cfg['band_set']}), test split",
                          {"n": counts["test"], "sigma_nmad": metrics["test_sigma_nmad"], "f_out": metrics["test_f_out"]})
-            mlflow.log_artifact(str(figure), "plots")
+            reg.log_artifact(str(figure), "plots")
         model_dir = out_dir / "model"
         save_model_files(model_dir, model.state_dict(),
                          {"model_config": mcfg, "layout": feed.layout, "stats": feed.stats, "metrics": metrics,
                           "trained": {"epochs_run": dist["epochs_run"], "best_epoch": dist["best_epoch"],
                                       "stopped_early": dist["stopped_early"], "max_epochs": cfg["max_epochs"]},
-                          **({"calibration": calibration.to_dict()} if calibration else {})})
+                          **({"calibration": calibration.to_dict()} if calibration else {})}, registry)
         sample = _signature_sample(registry, feed.layout)
         prediction = PhotozModel(model_dir, registry).predict_table(pa.Table.from_pandas(sample, preserve_index=False))
         model_uri = reg.log_model(model_dir, sample, prediction)
-        promotion = reg.register_and_promote(model_uri, cfg["model_name"], run.info.run_id, metrics["val_crps"])
-        mlflow.set_tag("promotion", promotion["message"])
+        promotion = reg.register_and_promote(model_uri, model_name, run.info.run_id, metrics["val_crps"],
+                                             config["mlflow"]["alias"])
+        reg.set_tag("promotion", promotion["message"])
     clean_run_dir(out_dir)
-    return {"tracking_uri": uri, "run_id": run.info.run_id, "model_name": cfg["model_name"], "counts": counts,
+    return {"tracking_uri": uri, "run_id": run.info.run_id, "model_name": model_name, "counts": counts,
             "metrics": metrics, "promotion": promotion, "resumed": resumed, "distributed": dist,
             "epochs": len(history), "seconds": {"train": t_train, "total": time.time() - t0},
             "samples_per_s": float(np.median([h["samples_per_s"] for h in history]))}

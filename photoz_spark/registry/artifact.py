@@ -1,15 +1,17 @@
-"""Load a trained LSTM-MDNz model from its files and predict redshift PDFs from raw photometry.
+"""The registered model's artifact: save it, load it, predict redshift PDFs from raw photometry.
 
 A model directory holds ``weights.pt`` (a state dict, loaded with ``weights_only=True`` so no
-pickled code runs) and ``model.json`` (network config, band set, feature layout and the
-training standardisation statistics). The MLflow pyfunc wrapper and the scoring job both use
+pickled code runs) and ``model.json`` (network config, feature layout, the training
+standardisation statistics, and the band set: its name and each band's native flux/error
+columns, unit and error kind, so the model needs no ``conf/bands.yaml`` to run). The MLflow
+pyfunc (``registry/mlflow_model.py``), training, scoring and evaluation all use
 ``PhotozModel``, so a model predicts the same way everywhere.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from photoz_spark.bands import Registry, load_bands
+from photoz_spark.bands import Band, BandCatalog, BandSet, Catalog, load_bands
+from photoz_spark.errors import InputError
 from photoz_spark.features.sequencing import sequence
 from photoz_spark.features.stats import standardise
 from photoz_spark.model import BiLSTMMDN, ModelConfig, mixture
@@ -41,24 +44,71 @@ def cpu_chunk_rows(config: ModelConfig) -> int:
     return max(64, CPU_ACTIVATION_BYTES // per_row // 64 * 64)
 
 
-def save_model_files(directory: Path, state_dict: dict, meta: dict) -> None:
+def band_definitions(bands: BandCatalog, band_set: BandSet) -> dict:
+    """What ``model.json`` stores of the band set: its name, its bands (native columns, unit,
+    error kind, ...), the units' values in Jy and the catalogs the bands live in."""
+    catalogs = dict.fromkeys(b.catalog for b in band_set.bands)
+    return {"band_set": band_set.name, "bands": [asdict(b) for b in band_set.bands],
+            "units": {u: bands.units[u] for u in dict.fromkeys(b.unit for b in band_set.bands)},
+            "catalogs": [asdict(bands.catalogs[c]) for c in catalogs]}
+
+
+def bands_from_definitions(data: dict) -> tuple[BandCatalog, BandSet]:
+    """The band catalog and band set stored by ``band_definitions`` (no bands file read)."""
+    bands = {b["name"]: Band(**b) for b in data["bands"]}
+    catalog = BandCatalog(bands=bands, catalogs={c["name"]: Catalog(**c) for c in data["catalogs"]},
+                          band_sets={data["band_set"]: tuple(bands)}, units=dict(data["units"]))
+    return catalog, catalog.band_set(data["band_set"])
+
+
+def save_model_files(directory: Path, state_dict: dict, meta: dict, bands: BandCatalog | None = None) -> None:
+    """Write ``weights.pt`` and ``model.json``.
+
+    Args:
+        directory: the model folder (created).
+        state_dict: the network's weights.
+        meta: model_config, layout (with band_set and bands), stats, and anything else to keep.
+        bands: the band catalog the model was trained with: its band set's definitions are
+            stored, so the model loads without a bands file.
+    """
+    if bands is not None:
+        band_set = replace(bands.band_set(meta["layout"]["bands"]), name=meta["layout"]["band_set"])
+        meta = {**meta, "bands": band_definitions(bands, band_set)}
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(state_dict, directory / WEIGHTS_FILE)
     (directory / META_FILE).write_text(json.dumps(meta, indent=1))
 
 
+def model_bands(meta: dict, bands: BandCatalog | None = None) -> tuple[BandCatalog, BandSet]:
+    """The band catalog and band set of a model: those stored in it; for a model saved before
+    they were stored, ``bands`` (default ``conf/bands.yaml``) and the layout's band-set name."""
+    if "bands" in meta:
+        return bands_from_definitions(meta["bands"])
+    bands = bands or load_bands()
+    layout = meta["layout"]
+    return bands, replace(bands.band_set(layout["bands"]), name=layout.get("band_set", "custom"))
+
+
 class PhotozModel:
     """The network plus everything needed to turn a catalog's native columns into its input."""
 
-    def __init__(self, directory: str | Path, registry: Registry | None = None, device: str = "cpu",
+    def __init__(self, directory: str | Path, bands: BandCatalog | None = None, device: str = "cpu",
                  precision: str = "fp32"):
+        """Load the model in ``directory``.
+
+        Args:
+            directory: holds weights.pt and model.json.
+            bands: used only for a model that does not carry its band definitions (older
+                models); default conf/bands.yaml.
+            device: torch device of the network.
+            precision: the network's autocast precision (fp32, bf16, fp16).
+        """
         if precision not in AUTOCAST_DTYPES:
-            raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}, got {precision!r}")
+            raise InputError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}, got {precision!r}")
         directory = Path(directory)
         self.precision = precision  # the network's autocast precision; mixture maths stays fp32
         self.meta = json.loads((directory / META_FILE).read_text())
-        self.registry = registry or load_bands()
-        self.band_set = self.registry.band_set(self.meta["layout"]["bands"])
+        self.bands, self.band_set = model_bands(self.meta, bands)
         self.device = torch.device(device)
         self.network = BiLSTMMDN(ModelConfig(**self.meta["model_config"]))
         state = torch.load(directory / WEIGHTS_FILE, map_location=self.device, weights_only=True)
@@ -91,25 +141,7 @@ class PhotozModel:
         """Point estimates for a table holding the band set's native flux/error columns."""
         from photoz_spark.model.summaries import estimates  # as the scoring job, calibration included
 
-        raw, observed, _ = sequence(table, self.band_set, self.registry)
+        raw, observed, _ = sequence(table, self.band_set, self.bands)
         values = estimates(*self.mixture_of(raw, observed), self.calibration)
         return pd.DataFrame({**{c: values[c].cpu().numpy() for c in OUTPUT_COLUMNS[:-1]},
                              "n_observed": np.asarray(observed).sum(axis=1).astype(np.int32)})
-
-
-with warnings.catch_warnings():  # mlflow.pyfunc asks for type hints on its own and our classes
-    warnings.simplefilter("ignore", UserWarning)
-    try:  # the MLflow pyfunc flavour, for `mlflow.pyfunc.load_model` and `mlflow models serve`
-        import mlflow.pyfunc
-
-        class PhotozPyfunc(mlflow.pyfunc.PythonModel):
-            """pyfunc wrapper: input = a DataFrame of the band set's native columns."""
-
-            def load_context(self, context):
-                self.model = PhotozModel(Path(context.artifacts["model_dir"]))
-
-            def predict(self, context, model_input, params=None):
-                table = pa.Table.from_pandas(pd.DataFrame(model_input), preserve_index=False)
-                return self.model.predict_table(table)
-    except ImportError:  # a GPU host with torch only
-        PhotozPyfunc = None

@@ -1,5 +1,8 @@
 """MLflow tracking and model registry: where runs go, how a model is logged and promoted.
 
+Training logs through the run helpers here (``start_run``, ``log_metrics``, ``epoch_logger``,
+...), so no stage imports ``mlflow`` itself: this package is the only one that does.
+
 Embedded default: a SQLite registry and a local artifact store under ``<workdir>/mlflow``.
 ``MLFLOW_TRACKING_URI`` (or ``mlflow.tracking_uri`` in config) points at a real server instead.
 """
@@ -11,7 +14,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
-CHAMPION = "champion"
+from photoz_spark.errors import MissingInput, RegistryUnavailable
+from photoz_spark.registry import CHAMPION
+
 SELECTION_METRIC = "val_crps"   # lower is better
 PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "pyyaml"]
 
@@ -53,7 +58,7 @@ def connect(uri: str, workdir, experiment: str) -> str:
         client = MlflowClient(uri, registry_uri=uri)
         found = client.get_experiment_by_name(experiment)
     except Exception as err:
-        raise ConnectionError(f"MLflow tracking server {uri} does not answer ({type(err).__name__}); "
+        raise RegistryUnavailable(f"MLflow tracking server {uri} does not answer ({type(err).__name__}); "
                               "start it, or unset MLFLOW_TRACKING_URI to use the embedded SQLite registry") from err
     if found is not None:
         return found.experiment_id
@@ -79,7 +84,7 @@ def log_model(model_dir: Path, sample_input, sample_output) -> str:
 def _log_pyfunc(mlflow, package, model_dir: Path, signature):
     return mlflow.pyfunc.log_model(
         name="model",
-        python_model=str(Path(package.__file__).parent / "mlflow_model.py"),
+        python_model=str(Path(package.__file__).parent / "registry" / "mlflow_model.py"),
         artifacts={"model_dir": str(model_dir)},
         code_paths=[str(Path(package.__file__).parent)],
         signature=signature,
@@ -87,8 +92,8 @@ def _log_pyfunc(mlflow, package, model_dir: Path, signature):
     )
 
 
-def register_and_promote(model_uri: str, name: str, run_id: str, new_score: float) -> dict:
-    """Register a new version; move the champion alias only if it beats the champion's score.
+def register_and_promote(model_uri: str, name: str, run_id: str, new_score: float, alias: str = CHAMPION) -> dict:
+    """Register a new version; move the champion ``alias`` only if it beats the champion's score.
 
     Returns:
         version, promoted (bool), champion_version, previous_score and a sentence for the log.
@@ -99,7 +104,7 @@ def register_and_promote(model_uri: str, name: str, run_id: str, new_score: floa
     client = MlflowClient()
     version = mlflow.register_model(model_uri, name).version
     try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
+        champion = client.get_model_version_by_alias(name, alias)
     except Exception:  # noqa: BLE001 - no alias yet
         champion = None
     previous = None
@@ -108,8 +113,8 @@ def register_and_promote(model_uri: str, name: str, run_id: str, new_score: floa
         previous = metrics.get(SELECTION_METRIC)
     promoted = previous is None or new_score < previous
     if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        message = (f"version {version} is now '{CHAMPION}' ({SELECTION_METRIC} {new_score:.4f}"
+        client.set_registered_model_alias(name, alias, version)
+        message = (f"version {version} is now '{alias}' ({SELECTION_METRIC} {new_score:.4f}"
                    + (f" < {previous:.4f} of version {champion.version})" if previous is not None else ", first version)"))
     else:
         message = (f"version {version} registered but not promoted: {SELECTION_METRIC} {new_score:.4f} "
@@ -122,10 +127,66 @@ def download_model(uri: str) -> Path:
     """Fetch a registered model's files (``models:/name@champion``, ``models:/name/3``) to a temp folder."""
     import mlflow
 
-    from photoz_spark.serving import META_FILE
+    from photoz_spark.registry.artifact import META_FILE
 
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="photoz-model-"))
     found = sorted(Path(local, "artifacts").rglob(META_FILE))
     if not found:
-        raise FileNotFoundError(f"{uri} holds no {META_FILE}: not a photoz-spark model")
+        raise MissingInput(f"{uri} holds no {META_FILE}: not a photoz-spark model")
     return found[0].parent
+
+
+def start_run(run_id: str | None, experiment_id: str):
+    """``mlflow.start_run``: a new run (``run_id`` None) or the one of an interrupted training."""
+    import mlflow
+
+    return mlflow.start_run(run_id=run_id, experiment_id=experiment_id)
+
+
+def log_params(params: dict) -> None:
+    """Parameters of the active run."""
+    import mlflow
+
+    mlflow.log_params(params)
+
+
+def log_metrics(metrics: dict) -> None:
+    """Metrics of the active run."""
+    import mlflow
+
+    mlflow.log_metrics(metrics)
+
+
+def log_artifact(path: str, artifact_path: str) -> None:
+    """A file into the active run's artifacts."""
+    import mlflow
+
+    mlflow.log_artifact(path, artifact_path)
+
+
+def set_tag(key: str, value: str) -> None:
+    """A tag of the active run."""
+    import mlflow
+
+    mlflow.set_tag(key, value)
+
+
+def epoch_logger(uri: str, run_id: str):
+    """A function ``log(name, value, step)`` logging into run ``run_id`` (from a training rank)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+
+    def log(name: str, value: float, step: int) -> None:
+        client.log_metric(run_id, name, value, step=step)
+    return log
+
+
+def log_to_run(uri: str, run_id: str, folder: Path, artifact_path: str, metrics: dict) -> None:
+    """Log a folder (under ``artifact_path``) and metrics into an existing run (evaluation's report)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    client.log_artifacts(run_id, str(folder), artifact_path)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
