@@ -10,7 +10,7 @@ import pytest
 
 from photoz_spark import hats
 from photoz_spark.evaluate import ablation as abl
-from photoz_spark.evaluate.predict import LabelledCatalog
+from photoz_spark.features.catalog import FeaturesCatalog
 from photoz_spark.jobs import ablation as ablation_job
 from photoz_spark.jobs import evaluate as evaluate_job
 from photoz_spark.toy import toy_matched_table
@@ -40,7 +40,7 @@ def evaluated(ablation, workdir):
 
 
 def split_counts(workdir, band_set: str) -> dict:
-    catalog = LabelledCatalog(workdir / "features" / band_set)
+    catalog = FeaturesCatalog(workdir / "features" / band_set)
     return {s: catalog.count(s) for s in ("train", "validation", "test")}
 
 
@@ -84,7 +84,7 @@ def test_model_calibration_is_shown_before_and_after(ablation, workdir, tmp_path
     from photoz_spark.registry.tracking import download_model
 
     model = PhotozModel(download_model(f"models:/{MODEL}/1"))
-    catalog = LabelledCatalog(workdir / "features" / "optical8")
+    catalog = FeaturesCatalog(workdir / "features" / "optical8")
     raw = evaluate_model(model, catalog, EvalSettings(splits=("validation", "test")))
     model.calibration = PitCalibration.fit(raw.results["validation"].pit, 10)   # as train.recalibrate stores it
     evaluation = evaluate_model(model, catalog, EvalSettings(splits=("test",)))

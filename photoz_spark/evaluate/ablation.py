@@ -22,8 +22,8 @@ from pathlib import Path
 from photoz_spark.config import load_config, require
 from photoz_spark.errors import InputError
 from photoz_spark.evaluate import report
-from photoz_spark.evaluate.predict import LabelledCatalog
 from photoz_spark.evaluate.run import EvalSettings, evaluate_model
+from photoz_spark.features.catalog import LAYOUT_FILE, FeaturesCatalog
 from photoz_spark.features.split import SPLITS
 from photoz_spark.metrics import figures
 from photoz_spark.registry.resolve import latest_matching_version
@@ -86,7 +86,7 @@ def features_up_to_date(features_dir: Path, overrides: list[str], registry) -> b
     from photoz_spark.features.build import layout
     from photoz_spark.features.run import feature_spec
 
-    path = features_dir / "layout.json"
+    path = features_dir / LAYOUT_FILE
     if not path.is_file():
         return False
     cfg = load_config("features.yaml", overrides=overrides)["features"]
@@ -101,7 +101,7 @@ def training_params(train_config: dict, counts: dict) -> dict:
             **{f"rows.{k}": v for k, v in counts.items()}}
 
 
-def split_agreement(catalogs: dict[str, LabelledCatalog]) -> dict[str, dict]:
+def split_agreement(catalogs: dict[str, FeaturesCatalog]) -> dict[str, dict]:
     """Compare every band set's split column with the first one's on their shared ids.
 
     Returns:
@@ -296,7 +296,7 @@ def run_ablation(config: dict, registry, workdir, build_main, train_main) -> dic
     t0 = time.time()
     settings = AblationSettings.from_config(config["ablation"], registry)
     steps = prepare_features(config, settings, registry, workdir, build_main)  # all first: a split mismatch
-    catalogs = {b: LabelledCatalog(Path(workdir.features) / b) for b in settings.band_sets}  # stops before training
+    catalogs = {b: FeaturesCatalog(Path(workdir.features) / b) for b in settings.band_sets}  # stops before training
     agreement = split_agreement(catalogs)
     uri = tracking.tracking_uri(config, workdir)
     table2, panels = [], []

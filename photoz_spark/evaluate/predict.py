@@ -10,22 +10,14 @@ scoring job's business (Spark ``mapInArrow``), not this one's.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import torch
 
-from photoz_spark.errors import MissingInput
-from photoz_spark.features.build import list_matrix
-from photoz_spark.hats import DATASET_DIR
+from photoz_spark.features.catalog import FeaturesCatalog
 from photoz_spark.model.calibration import PitCalibration
 from photoz_spark.model.scores import CALIBRATED_SCORES, concat_scores, object_scores
-
-LAYOUT_FILE = "layout.json"
 
 
 @dataclass
@@ -55,40 +47,7 @@ class SplitResult:
         return len(self.z_spec)
 
 
-class LabelledCatalog:
-    """A features catalog (jobs/build_features.py output) with its split column, read lazily."""
-
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        layout_path = self.directory / LAYOUT_FILE
-        if not layout_path.is_file():
-            raise MissingInput(f"no features at {self.directory} ({LAYOUT_FILE} missing): "
-                                    "run jobs/build_features.py --band-set <band set>")
-        self.layout = json.loads(layout_path.read_text())
-        self.dataset = ds.dataset(self.directory / DATASET_DIR, format="parquet", exclude_invalid_files=True)
-
-    @property
-    def width(self) -> int:
-        return self.layout["n_steps"] * self.layout["n_channels"]
-
-    def count(self, split: str) -> int:
-        return self.dataset.count_rows(filter=pc.field("split") == split)
-
-    def batches(self, split: str, batch_size: int):
-        """(raw features [B, T*C], observed [B, T], z_spec [B]) numpy batches of ``split``."""
-        for batch in self.dataset.to_batches(columns=["features", "observed", "z_spec"],
-                                             filter=pc.field("split") == split, batch_size=batch_size):
-            if batch.num_rows:
-                yield (list_matrix(batch["features"], self.width, np.float32),
-                       list_matrix(batch["observed"], self.layout["n_steps"], bool),
-                       batch["z_spec"].to_numpy().astype(np.float32))
-
-    def id_splits(self):
-        """The (id, split) columns of every row, for comparing split assignments."""
-        return self.dataset.to_table(columns=["id", "split"])
-
-
-def predict_split(model, catalog: LabelledCatalog, split: str, batch_size: int,
+def predict_split(model, catalog: FeaturesCatalog, split: str, batch_size: int,
                   calibration: PitCalibration | None = None, example_z=()) -> SplitResult:
     """Run ``model`` over one split in batches of ``batch_size`` rows.
 

@@ -19,7 +19,8 @@ import numpy as np
 from photoz_spark.config import require
 from photoz_spark.errors import InputError
 from photoz_spark.evaluate import report
-from photoz_spark.evaluate.predict import LabelledCatalog, SplitResult, predict_split
+from photoz_spark.evaluate.predict import SplitResult, predict_split
+from photoz_spark.features.catalog import FeaturesCatalog
 from photoz_spark.features.split import SPLITS
 from photoz_spark.metrics import all_metrics, figures, metrics_by_z_bin
 from photoz_spark.model.calibration import PitCalibration
@@ -70,7 +71,7 @@ class Evaluation:
         return self.results[FIGURE_SPLIT]
 
 
-def check_compatible(model, catalog: LabelledCatalog) -> None:
+def check_compatible(model, catalog: FeaturesCatalog) -> None:
     """The catalog's feature sequence must be the one the model was trained on."""
     wanted, found = model.meta["layout"]["bands"], catalog.layout["bands"]
     if wanted != found:
@@ -80,7 +81,7 @@ def check_compatible(model, catalog: LabelledCatalog) -> None:
                          f"--band-set {model.meta['layout']['band_set']}")
 
 
-def check_splits(catalog: LabelledCatalog, splits) -> dict[str, int]:
+def check_splits(catalog: FeaturesCatalog, splits) -> dict[str, int]:
     """Rows per split; an empty split is refused with what to change."""
     counts = {split: catalog.count(split) for split in splits}
     for split, n in counts.items():
@@ -90,7 +91,7 @@ def check_splits(catalog: LabelledCatalog, splits) -> dict[str, int]:
     return counts
 
 
-def evaluate_model(model, catalog: LabelledCatalog, settings: EvalSettings) -> Evaluation:
+def evaluate_model(model, catalog: FeaturesCatalog, settings: EvalSettings) -> Evaluation:
     """Stream each split through ``model`` and compute every table.
 
     The recalibration shown is the model's own when it carries one; otherwise one fitted here on
@@ -206,7 +207,7 @@ def evaluate_registered(config: dict, registry, workdir) -> dict:
     uri, run_id = tracking.tracking_uri(config, workdir), files.run_id
     model = PhotozModel(model_dir, registry)
     band_set = model.meta["layout"]["band_set"]
-    catalog = LabelledCatalog(features_dir(cfg, workdir, band_set))
+    catalog = FeaturesCatalog(features_dir(cfg, workdir, band_set))
     evaluation = evaluate_model(model, catalog, settings)
     name = f"{files.name}-v{files.version}"
     target = Path(workdir.reports) / name

@@ -30,13 +30,12 @@ from photoz_spark.features.build import (
     layout,
     output_schema,
 )
+from photoz_spark.features.catalog import LAYOUT_FILE, STATS_FILE
 from photoz_spark.features.split import SPLITS, check_fractions
 from photoz_spark.features.stats import stats_from_moments
 from photoz_spark.flags import FLAGS_COLUMN
 from photoz_spark.staging import job_staging
 
-STATS_FILE = "stats.json"
-LAYOUT_FILE = "layout.json"
 PROPERTY_PREFIX = "photoz_"
 
 

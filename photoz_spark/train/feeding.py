@@ -20,7 +20,6 @@ Either way every rank takes (rows of the split // world) // batch_size full batc
 from __future__ import annotations
 
 import itertools
-import json
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,13 +28,12 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import torch
 
 from photoz_spark.config import ConfigError
 from photoz_spark.features.build import list_matrix
+from photoz_spark.features.catalog import STATS_FILE, FeaturesCatalog, read_contract_file
 from photoz_spark.features.stats import standardise
-from photoz_spark.hats import DATASET_DIR
 
 COLUMNS = ["features", "observed", "z_spec", "split"]
 PETASTORM_CONSTRAINTS = ".ci/petastorm-constraints.txt"
@@ -53,13 +51,6 @@ class FeatureData:
 
     def __len__(self) -> int:
         return len(self.z)
-
-
-def read_json(features_dir: Path, name: str) -> dict:
-    path = Path(features_dir) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run jobs/build_features.py first")
-    return json.loads(path.read_text())
 
 
 class Feed(Protocol):
@@ -81,10 +72,8 @@ class ArrowFeed:
 
     def __init__(self, features_dir: str | Path):
         self.features_dir = Path(features_dir)
-        self.layout = read_json(self.features_dir, "layout.json")
-        self.stats = read_json(self.features_dir, "stats.json")
-        self.dataset = ds.dataset(self.features_dir / DATASET_DIR, format="parquet",
-                                  exclude_invalid_files=True)
+        catalog = FeaturesCatalog(self.features_dir)
+        self.layout, self.stats, self.dataset = catalog.layout, catalog.stats, catalog.dataset
         self._train: dict[tuple[int, int], FeatureData] = {}
 
     @property
@@ -178,7 +167,7 @@ class PetastormFeed:
         cache.mkdir(parents=True, exist_ok=True)
         spark.conf.set(converter_cls.PARENT_CACHE_DIR_URL_CONF, cache.as_uri())
         table = read_hats(spark, features_dir)
-        feed = cls({}, read_json(Path(features_dir), "stats.json"))
+        feed = cls({}, read_contract_file(features_dir, STATS_FILE))
         try:
             for split in splits:
                 df = table.filter(F.col("split") == split).select(*COLUMNS[:3])

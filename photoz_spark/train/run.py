@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from photoz_spark.config import require
 from photoz_spark.errors import InputError, MissingInput
+from photoz_spark.features.catalog import LAYOUT_FILE
 from photoz_spark.model import ModelConfig
 from photoz_spark.train.loop import TrainSettings
 
@@ -213,7 +214,7 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
         import_petastorm()  # not installed: a one-line error before anything starts
     registry.band_set(cfg["band_set"])  # unknown band set -> one-line error
     features_dir = Path(workdir.features) / cfg["band_set"]
-    if not (features_dir / "layout.json").is_file():
+    if not (features_dir / LAYOUT_FILE).is_file():
         raise MissingInput(f"no features at {features_dir}: run jobs/build_features.py --band-set {cfg['band_set']}")
     feed = ArrowFeed(features_dir)
     counts = {s: feed.count(s) for s in ("train", "validation", "test")}

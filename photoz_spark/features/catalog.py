@@ -1,0 +1,71 @@
+"""The features catalog contract, read in one place: ``layout.json``, ``stats.json`` and the dataset.
+
+``jobs/build_features.py`` writes ``features/<band_set>/`` (a HATS catalog with a ``split``
+column) plus the two JSON files. Training (``train.feeding.ArrowFeed``), evaluation and the
+ablation all open it through ``FeaturesCatalog``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from photoz_spark.errors import MissingInput
+from photoz_spark.features.build import list_matrix
+from photoz_spark.hats import DATASET_DIR
+
+LAYOUT_FILE = "layout.json"
+STATS_FILE = "stats.json"
+
+
+def read_contract_file(directory: str | Path, name: str) -> dict:
+    """One JSON file of a features catalog (LAYOUT_FILE or STATS_FILE).
+
+    Raises:
+        MissingInput: the file is missing (the features were not built).
+    """
+    path = Path(directory) / name
+    if not path.is_file():
+        raise MissingInput(f"no features at {Path(directory)} ({name} missing): "
+                           "run jobs/build_features.py --band-set <band set>")
+    return json.loads(path.read_text())
+
+
+class FeaturesCatalog:
+    """A features catalog with its split column, read lazily (columns pruned, split filtered)."""
+
+    def __init__(self, directory: str | Path):
+        """Open ``directory``; raises MissingInput when it holds no layout.json."""
+        self.directory = Path(directory)
+        self.layout = read_contract_file(self.directory, LAYOUT_FILE)
+        self.dataset = ds.dataset(self.directory / DATASET_DIR, format="parquet", exclude_invalid_files=True)
+
+    @cached_property
+    def stats(self) -> dict:
+        """The training split's standardisation statistics (stats.json)."""
+        return read_contract_file(self.directory, STATS_FILE)
+
+    @property
+    def width(self) -> int:
+        return self.layout["n_steps"] * self.layout["n_channels"]
+
+    def count(self, split: str) -> int:
+        return self.dataset.count_rows(filter=pc.field("split") == split)
+
+    def batches(self, split: str, batch_size: int):
+        """(raw features [B, T*C], observed [B, T], z_spec [B]) numpy batches of ``split``."""
+        for batch in self.dataset.to_batches(columns=["features", "observed", "z_spec"],
+                                             filter=pc.field("split") == split, batch_size=batch_size):
+            if batch.num_rows:
+                yield (list_matrix(batch["features"], self.width, np.float32),
+                       list_matrix(batch["observed"], self.layout["n_steps"], bool),
+                       batch["z_spec"].to_numpy().astype(np.float32))
+
+    def id_splits(self):
+        """The (id, split) columns of every row, for comparing split assignments."""
+        return self.dataset.to_table(columns=["id", "split"])
