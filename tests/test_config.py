@@ -138,3 +138,18 @@ def test_lambda_eff_matches_speclite(name):
     band = load_bands().band(name)
     lam = speclite.filters.load_filter(band.filter).effective_wavelength.to_value("Angstrom")
     assert band.lambda_eff == pytest.approx(lam, rel=0.01)
+
+
+def test_shared_registry_settings_are_stated_once_and_a_job_file_may_restate_them():
+    from photoz_spark.config import overlay_defaults
+
+    for job in ("train.yaml", "score.yaml", "evaluate.yaml", "ablation.yaml"):
+        mlflow = load_config(job)["mlflow"]
+        assert mlflow == {"tracking_uri": "", "experiment": "photoz-spark", "model_name": "photoz-lstm-mdn",
+                          "alias": "champion"}, job
+    merged = overlay_defaults({"mlflow": {"experiment": "a", "alias": "champion"}},
+                              {"mlflow": {"experiment": "b"}, "score": {"version": ""}})
+    assert merged == {"mlflow": {"experiment": "b", "alias": "champion"}, "score": {"version": ""}}
+    with pytest.raises(ConfigError, match="unknown config key 'score.model_name'"):
+        load_config("score.yaml", overrides=["score.model_name=x"])
+    assert load_config("score.yaml", overrides=["mlflow.model_name=x"])["mlflow"]["model_name"] == "x"
