@@ -129,7 +129,16 @@ def download_model(uri: str) -> Path:
 
     from photoz_spark.registry.artifact import META_FILE
 
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="photoz-model-"))
+    # No tqdm bar on stderr: a job's stderr is its one-line error (MLflow reads this per call).
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="photoz-model-"))
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
     found = sorted(Path(local, "artifacts").rglob(META_FILE))
     if not found:
         raise MissingInput(f"{uri} holds no {META_FILE}: not a photoz-spark model")
