@@ -112,6 +112,31 @@ def _draw_z_and_mag(rng, n: int, q: dict) -> tuple[np.ndarray, np.ndarray]:
     return z, i_mag
 
 
+def host_fluxes(grid: PhotometryGrid, z, host_ratio, nucleus_i) -> np.ndarray:
+    """Band fluxes [n, band] of the host galaxy, K-corrected from its rest-frame i luminosity.
+
+    ``host_ratio`` is host / nucleus in *rest-frame* i (as the absolute magnitudes M_i are).
+    Per unit 4 pi D_L^2, a source of rest-frame L_nu is seen at f_nu = (1+z) <L_nu> over
+    the blueshifted band, and the grid's band fluxes are that <L_nu> (no (1+z)). The
+    nucleus's rest-frame i luminosity follows from its observed i with the alpha_nu = -0.5
+    power law of ``absolute_mag_i``: L_i = f_i,obs (1+z)^-0.5. So the host, host_ratio L_i
+    in rest-frame i, is seen at host_ratio f_i,obs (1+z)^+0.5 template_b(z) / template_i(0).
+
+    Args:
+        grid: the photometry grid.
+        z: redshifts.
+        host_ratio: host / nucleus luminosity ratio in rest-frame i (within the PSF).
+        nucleus_i: the nucleus's observed i flux (any linear unit; the output has the same).
+    Returns:
+        Array [n, band].
+    """
+    i_band = grid.band_index("sdss_i")
+    host = photometry.galaxy_fluxes(grid, "Sbc", z)
+    host_rest_i = photometry.galaxy_fluxes(grid, "Sbc", np.zeros(1))[0, i_band]
+    scale = host_ratio * nucleus_i * np.sqrt(1.0 + np.asarray(z)) / host_rest_i
+    return scale[:, None] * host
+
+
 def draw_quasars(rng, n: int, q: dict, grid: PhotometryGrid) -> dict:
     """Physical parameters and noiseless band fluxes (nanomaggies) of n quasars."""
     z, i_mag = _draw_z_and_mag(rng, n, q)
@@ -132,11 +157,11 @@ def draw_quasars(rng, n: int, q: dict, grid: PhotometryGrid) -> dict:
     # Host galaxy: matters for faint (low-luminosity, low-z) quasars only.
     m_host = rng.normal(q["host_abs_mag_i"], q["host_abs_mag_sigma"], n)
     host_ratio = q["host_psf_fraction"] * 10.0 ** (-0.4 * (m_host - m_i))
-    host = photometry.galaxy_fluxes(grid, "Sbc", z)
-    flux += (host_ratio * flux[:, i_band] / host[:, i_band])[:, None] * host
+    host = host_fluxes(grid, z, host_ratio, flux[:, i_band])
+    flux += host
     return {"z": z, "i_mag": i_mag, "M_i": m_i, "tilt": tilt, "ebv": ebv, "igm_scale": igm_scale,
                 "lls_z": lls_z, "line_scale": line_scale, "hot_dust": hot, "warm_dust": warm,
-                "host_ratio_i": host_ratio, "flux": flux}
+                "host_ratio_i": host_ratio, "host_flux": host, "flux": flux}
 
 
 def draw_field(rng, n_star: int, n_gal: int, f: dict, grid: PhotometryGrid) -> dict:
