@@ -16,6 +16,7 @@ import numpy as np
 
 N_WAVES = 48
 WAVENUMBER_RANGE = (12.0, 180.0)   # rad^-1 on the unit sphere: wavelengths ~30 deg down to 2 deg
+MAP_ORDER = 8                      # HEALPix order the map is evaluated at (14 arcmin cells)
 
 
 @lru_cache(maxsize=4)
@@ -44,6 +45,15 @@ def ebv_sfd(ra, dec, seed: int, ebv_pole: float, structure_sigma_ln: float) -> n
     Returns:
         E(B-V) per position (mag).
     """
+    # Evaluated at the centre of each position's HEALPix cell (order 8, 14'): the map has no
+    # structure below ~2 deg, and a pixel's tens of thousands of sources share a few dozen cells.
+    cells = hp.ang2pix(2 ** MAP_ORDER, np.asarray(ra, float), np.asarray(dec, float), nest=True, lonlat=True)
+    unique, back = np.unique(cells, return_inverse=True)
+    c_ra, c_dec = hp.pix2ang(2 ** MAP_ORDER, unique, nest=True, lonlat=True)
+    return _ebv_exact(c_ra, c_dec, seed, ebv_pole, structure_sigma_ln)[back].reshape(np.shape(cells))
+
+
+def _ebv_exact(ra, dec, seed: int, ebv_pole: float, structure_sigma_ln: float) -> np.ndarray:
     ra, dec = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
     xyz = np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
     k, phase = _waves(seed)

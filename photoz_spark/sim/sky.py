@@ -242,11 +242,13 @@ def observe(rng, flux: np.ndarray, sigma_sky: np.ndarray, calibration: float,
     their reported error (blends, artefacts): a heavy tail the error column does not show.
     """
     sigma = np.sqrt(sigma_sky[None, :] ** 2 + (calibration * np.abs(flux)) ** 2)
-    actual = sigma
-    if bad_fraction > 0:
-        bad = rng.random(flux.shape) < bad_fraction
-        actual = np.where(bad, sigma * bad_factor * (1.0 + rng.pareto(2.0, flux.shape)), sigma)
-    return flux + rng.normal(0.0, 1.0, flux.shape) * actual, sigma
+    scatter = rng.normal(0.0, 1.0, flux.shape)
+    if bad_fraction > 0 and flux.size:
+        # Which measurements are bad: a binomial count at random places (cheaper than a draw
+        # per measurement; a repeated place is simply bad once).
+        bad = rng.integers(0, flux.size, rng.binomial(flux.size, bad_fraction))
+        scatter.flat[bad] *= bad_factor * (1.0 + rng.pareto(2.0, bad.size))
+    return flux + scatter * sigma, sigma
 
 
 def desi_north(ra, dec, systematics: dict) -> np.ndarray:
