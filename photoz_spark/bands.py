@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -66,6 +66,10 @@ class BandCatalog:
     catalogs: dict[str, Catalog]
     band_sets: dict[str, tuple[str, ...]]
     units: dict[str, float]  # unit name -> Jy
+    # band -> speclite filter of its DESI Legacy Surveys DR9 North (BASS/MzLS) measurements
+    north_filters: dict[str, str] = field(default_factory=dict)
+    # catalog -> {ebv: column, kind: transmission|mag, columns: {band: column}}: Milky Way dust
+    extinction: dict[str, dict] = field(default_factory=dict)
 
     def band(self, name: str) -> Band:
         if name not in self.bands:
@@ -100,6 +104,16 @@ class BandCatalog:
             raise InputError(f"unknown catalog {catalog!r}; known catalogs: {', '.join(self.catalogs)}")
         return [b for b in self.bands.values() if b.catalog == catalog]
 
+    def extinction_column(self, band: str) -> tuple[str, str] | None:
+        """(column, kind) of a band's Milky Way correction in its native catalog, or None.
+
+        ``kind`` is ``transmission`` (flux / T is the dereddened flux, as DESI LS
+        ``MW_TRANSMISSION_*``) or ``mag`` (A in magnitudes, as SDSS ``extinction_*``).
+        """
+        spec = self.extinction.get(self.band(band).catalog, {})
+        column = spec.get("columns", {}).get(band)
+        return (column, spec["kind"]) if column else None
+
     def to_jy(self, unit: str) -> float:
         if unit not in self.units:
             raise InputError(f"unknown flux unit {unit!r}; known units: {', '.join(self.units)}")
@@ -125,7 +139,16 @@ def _parse(raw: dict) -> BandCatalog:
         raise InputError(f"'order' must list every band exactly once; mismatched: {sorted(missing)}")
     ordered = {name: bands[name] for name in order}
     sets = {k: tuple(v) for k, v in raw["band_sets"].items()}
-    registry = BandCatalog(bands=ordered, catalogs=catalogs, band_sets=sets, units=units)
+    north = dict(raw.get("north_filters", {}))
+    extinction = {k: dict(v) for k, v in raw.get("extinction", {}).items()}
+    for band in [*north, *(b for spec in extinction.values() for b in spec.get("columns", {}))]:
+        if band not in bands:
+            raise InputError(f"north_filters/extinction: unknown band {band!r}")
+    for catalog, spec in extinction.items():
+        if spec.get("kind") not in ("transmission", "mag"):
+            raise InputError(f"extinction.{catalog}.kind must be 'transmission' or 'mag', got {spec.get('kind')!r}")
+    registry = BandCatalog(bands=ordered, catalogs=catalogs, band_sets=sets, units=units,
+                        north_filters=north, extinction=extinction)
     for name in sets:
         registry.band_set(name)  # validates membership
     return registry

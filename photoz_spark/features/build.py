@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from photoz_spark.bands import BandCatalog, BandSet
+from photoz_spark.features.extinction import deredden, extinction_columns
 from photoz_spark.features.selection import select
 from photoz_spark.features.sequencing import CHANNELS, UNIT, band_columns, sequence
 from photoz_spark.features.split import EXCLUDED, SPLITS, assign_split
@@ -37,6 +38,7 @@ class FeatureSpec:
     require_complete: bool = False
     fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
     seed: int = 0
+    deredden: bool = False  # correct fluxes for Milky Way dust (features.extinction) before sequencing
 
     @property
     def n_steps(self) -> int:
@@ -49,7 +51,8 @@ class FeatureSpec:
     def input_columns(self) -> list[str]:
         """The columns read from the input (``flags`` too when it has one)."""
         scalars = [self.id_column, self.ra_column, self.dec_column, self.z_column, self.zwarning_column]
-        return list(dict.fromkeys([c for c in scalars if c] + band_columns(self.band_set)))
+        dust = extinction_columns(self.band_set, self.registry) if self.deredden else []
+        return list(dict.fromkeys([c for c in scalars if c] + band_columns(self.band_set) + dust))
 
 
 def layout(spec: FeatureSpec, matched: str) -> dict:
@@ -68,6 +71,7 @@ def layout(spec: FeatureSpec, matched: str) -> dict:
         "selection": {"z_column": spec.z_column, "zwarning_column": spec.zwarning_column, "z_max": spec.z_max,
                       "require_zwarning_zero": spec.require_zwarning_zero,
                       "require_complete": spec.require_complete},
+        **({"deredden": extinction_columns(spec.band_set, spec.registry)} if spec.deredden else {}),
     }
 
 
@@ -117,7 +121,8 @@ def feature_batch(batch: pa.RecordBatch | pa.Table, spec: FeatureSpec, schema: p
         A batch in ``schema``: raw features, observed mask, split (``excluded`` for rows not
         selected) and the input's flags OR'ed with the new ones.
     """
-    features, observed, band_flags = sequence(batch, spec.band_set, spec.registry)
+    bands_in = deredden(batch, spec.band_set, spec.registry) if spec.deredden else batch
+    features, observed, band_flags = sequence(bands_in, spec.band_set, spec.registry)
     zwarning = batch.column(spec.zwarning_column) if spec.zwarning_column else None
     selected, z_flags = select(batch.column(spec.z_column), zwarning, spec.z_max, spec.require_zwarning_zero)
     n_observed = observed.sum(axis=1).astype(np.int32)

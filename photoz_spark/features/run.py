@@ -31,6 +31,7 @@ from photoz_spark.features.build import (
     output_schema,
 )
 from photoz_spark.features.catalog import LAYOUT_FILE, STATS_FILE
+from photoz_spark.features.extinction import extinction_columns
 from photoz_spark.features.split import SPLITS, check_fractions
 from photoz_spark.features.stats import stats_from_moments
 from photoz_spark.flags import FLAGS_COLUMN
@@ -58,7 +59,7 @@ def feature_spec(cfg: dict, registry: BandCatalog) -> FeatureSpec:
         ra_column=left.ra, dec_column=left.dec, z_column=cfg["z_column"],
         zwarning_column=cfg["zwarning_column"], z_max=cfg["z_max"],
         require_zwarning_zero=cfg["require_zwarning_zero"], require_complete=cfg["require_complete"],
-        fractions=fractions, seed=split["seed"],
+        fractions=fractions, seed=split["seed"], deredden=bool(cfg.get("deredden", False)),
     )
 
 
@@ -88,6 +89,10 @@ def check_input(schema: pa.Schema, spec: FeatureSpec, where: Path) -> None:
                          (spec.zwarning_column, "redshift warning")):
         if column:
             need(column, _numeric, what, "numeric")
+    if spec.deredden:
+        for column in extinction_columns(spec.band_set, spec.registry):
+            need(column, _numeric, "Milky Way extinction, features.deredden=true (the matched catalog must "
+                 "carry the right catalogs' extinction columns of conf/bands.yaml)", "numeric")
     need(hats.HEALPIX_COLUMN, pa.types.is_int64, "HEALPix index", "int64")
     if FLAGS_COLUMN in schema.names:
         need(FLAGS_COLUMN, pa.types.is_integer, "quality flags", "an integer")

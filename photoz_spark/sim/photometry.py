@@ -31,6 +31,22 @@ IGM_SCALES = np.array([0.4, 0.7, 1.0, 1.4, 2.0])         # multiplies the mean I
 LLS_X = np.linspace(0.0, 1.0, 41)                       # LLS cut in units of the rest Lyman limit
 TEMPERATURES = np.exp(np.linspace(np.log(2300.0), np.log(15000.0), 60))
 TINY = 1e-30
+NORTH = "@north"                                          # suffix of a band's DESI-North column
+
+# Emission-line groups whose strengths scatter independently (rest Angstrom); "rest" takes the
+# Fe II blends and everything else. EW scatter of single lines is ~0.2-0.3 dex at fixed
+# luminosity (Shen et al. 2011, ApJS 194, 45, Sect. 4), more than one shared scale gives.
+LINE_GROUPS = {"lya_nv": (1150.0, 1290.0), "siiv": (1360.0, 1440.0), "civ": (1480.0, 1600.0),
+               "ciii": (1850.0, 1960.0), "mgii": (2700.0, 2900.0), "hbeta_oiii": (4780.0, 5050.0),
+               "halpha": (6400.0, 6700.0)}
+# Broad absorption troughs, outflow velocities 2,000-20,000 km/s blueward of each line
+# (BI integrates from 3,000 to 25,000 km/s: Weymann et al. 1991; most troughs lie inside this
+# range, Gibson et al. 2009). Relative depths: C IV 1, Si IV and N V half of it.
+BAL_VELOCITY_KMS = (2000.0, 20000.0)
+HIBAL_LINES = ((1549.06, 1.0), (1396.76, 0.5), (1240.14, 0.5))
+LOBAL_LINES = ((2798.75, 1.0), (1857.40, 0.6))  # Mg II and Al III (LoBALs add these)
+LYA = 1215.67
+DLA_REF_EW = 10.0        # Angstrom, absorber frame: the grid's unit damped-Lyman-alpha trough
 
 
 def filter_weights(filters: list, z: float) -> np.ndarray:
@@ -60,9 +76,19 @@ class PhotometryGrid:
     warm_dust: np.ndarray       # [z, band]
     galaxies: dict              # kind -> [z, band], mean IGM applied
     stars: np.ndarray           # [temperature, band] black bodies at z = 0
+    line_share: np.ndarray      # [z, group, band] share of the lines' band flux from each LINE_GROUPS + rest
+    hibal: np.ndarray           # [z, band] share of the band flux inside unit-depth HiBAL troughs
+    lobal: np.ndarray           # [z, band] the same for the LoBAL-only troughs (Mg II, Al III)
+    dla: np.ndarray             # [z, x, band] share absorbed by a DLA_REF_EW trough at LYA x (rest)
+    n_bands: int = 0            # the registry's bands come first; then their '@north' variants
 
     def band_index(self, name: str) -> int:
         return self.band_names.index(name)
+
+    @property
+    def registry_bands(self) -> list[str]:
+        """The bands of conf/bands.yaml (without the photometric-system variants)."""
+        return self.band_names[:self.n_bands]
 
 
 def _variant_spectra(base: np.ndarray, transmission_by_scale: np.ndarray) -> np.ndarray:
@@ -84,7 +110,10 @@ def build_grid(registry: Registry, z_max: float = 6.0, dz: float = 0.01) -> Phot
         A PhotometryGrid.
     """
     bands = list(registry.bands.values())
-    filters = [speclite.filters.load_filter(b.filter) for b in bands]
+    north = registry.north_filters
+    names = [b.name for b in bands] + [name + NORTH for name in north]
+    filters = [speclite.filters.load_filter(b.filter) for b in bands] + \
+        [speclite.filters.load_filter(f) for f in north.values()]
     zs = np.round(np.arange(0.0, z_max + dz / 2, dz), 6)
     parts = sed.quasar_components()
     galaxy_kinds = ("E", "Sbc", "Im")
@@ -92,12 +121,19 @@ def build_grid(registry: Registry, z_max: float = 6.0, dz: float = 0.01) -> Phot
     below = sed.REST_GRID < sed.LYMAN_LIMIT
     cut_masks = np.array([sed.REST_GRID < sed.LYMAN_LIMIT * x for x in LLS_X])
 
-    shape = (len(zs), len(TILTS), len(EBVS), len(IGM_SCALES), len(bands))
+    nb = len(filters)
+    shape = (len(zs), len(TILTS), len(EBVS), len(IGM_SCALES), nb)
     log_cont, ratio = np.empty(shape), np.empty(shape)
-    below_frac = np.empty((len(zs), len(bands)))
-    blocked = np.empty((len(zs), len(LLS_X), len(bands)))
-    hot, warm = np.empty((len(zs), len(bands))), np.empty((len(zs), len(bands)))
-    gal = np.empty((len(galaxy_kinds), len(zs), len(bands)))
+    below_frac = np.empty((len(zs), nb))
+    blocked = np.empty((len(zs), len(LLS_X), nb))
+    hot, warm = np.empty((len(zs), nb)), np.empty((len(zs), nb))
+    gal = np.empty((len(galaxy_kinds), len(zs), nb))
+    group_masks = _line_group_masks()
+    share = np.empty((len(zs), len(group_masks), nb))
+    hibal, lobal = np.empty((len(zs), nb)), np.empty((len(zs), nb))
+    trough_hi, trough_lo = _trough(HIBAL_LINES), _trough(LOBAL_LINES)
+    dla_masks = _dla_troughs()
+    dla = np.empty((len(zs), len(LLS_X), nb))
     for i, z in enumerate(zs):
         w = filter_weights(filters, z)
         tau = igm.tau_igm(z, sed.REST_GRID * (1.0 + z))
@@ -113,13 +149,46 @@ def build_grid(registry: Registry, z_max: float = 6.0, dz: float = 0.01) -> Phot
         blocked[i] = (w @ (nominal[None, :] * cut_masks).T).T / np.maximum(lyc, TINY)
         hot[i], warm[i] = w @ parts["hot_dust"], w @ parts["warm_dust"]
         gal[:, i] = (galaxy_seds * trans[2]) @ w.T
+        lines_nominal = w @ (parts["lines"] * trans[2])
+        group = (w @ (parts["lines"] * trans[2] * group_masks).T).T
+        usable = np.abs(lines_nominal) > 1e-9 * np.maximum(total, TINY)
+        share[i] = np.where(usable, group / np.where(usable, lines_nominal, 1.0), 0.0)
+        share[i, -1] = np.where(usable, share[i, -1], 1.0)  # no lines in the band: all "rest"
+        hibal[i] = (w @ (nominal * trough_hi)) / np.maximum(total, TINY)
+        lobal[i] = (w @ (nominal * trough_lo)) / np.maximum(total, TINY)
+        dla[i] = (w @ (nominal[None, :] * dla_masks).T).T / np.maximum(total, TINY)
     w0 = filter_weights(filters, 0.0)
     stars = np.array([w0 @ sed.blackbody(t) for t in TEMPERATURES])
     return PhotometryGrid(
-        band_names=[b.name for b in bands], z=zs, log_continuum=log_cont, line_ratio=ratio,
+        band_names=names, z=zs, log_continuum=log_cont, line_ratio=ratio,
         below_lyman=below_frac, lls_blocked=np.clip(blocked, 0.0, 1.0), hot_dust=hot, warm_dust=warm,
-        galaxies=dict(zip(galaxy_kinds, gal)), stars=stars,
+        galaxies=dict(zip(galaxy_kinds, gal)), stars=stars, line_share=share,
+        hibal=np.clip(hibal, 0.0, 1.0), lobal=np.clip(lobal, 0.0, 1.0), dla=np.clip(dla, 0.0, 1.0),
+        n_bands=len(bands),
     )
+
+
+def _line_group_masks() -> np.ndarray:
+    """[group, REST] 0/1 masks of LINE_GROUPS, then the rest (so the masks sum to 1)."""
+    masks = [((sed.REST_GRID >= lo) & (sed.REST_GRID < hi)).astype(float) for lo, hi in LINE_GROUPS.values()]
+    return np.array(masks + [1.0 - np.sum(masks, axis=0)])
+
+
+def _trough(lines) -> np.ndarray:
+    """Depth profile (0..1 per unit trough depth) of broad absorption blueward of ``lines``."""
+    c_kms = 299792.458
+    depth = np.zeros_like(sed.REST_GRID)
+    for centre, relative in lines:
+        lo, hi = centre * (1 - BAL_VELOCITY_KMS[1] / c_kms), centre * (1 - BAL_VELOCITY_KMS[0] / c_kms)
+        depth = np.maximum(depth, relative * ((sed.REST_GRID >= lo) & (sed.REST_GRID <= hi)))
+    return depth
+
+
+def _dla_troughs() -> np.ndarray:
+    """[x, REST] a black trough of absorber-frame width DLA_REF_EW at rest LYA x (quasar frame)."""
+    half = 0.5 * DLA_REF_EW * LLS_X[:, None]
+    centre = LYA * LLS_X[:, None]
+    return ((sed.REST_GRID[None, :] >= centre - half) & (sed.REST_GRID[None, :] <= centre + half)).astype(float)
 
 
 def _axis_position(nodes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +222,8 @@ def interpolate(table: np.ndarray, axes: list[tuple[np.ndarray, np.ndarray]]) ->
 
 
 def quasar_fluxes(grid: PhotometryGrid, z, tilt, ebv, igm_scale, line_scale, hot_scale, warm_scale,
-                  lls_x) -> np.ndarray:
+                  lls_x, group_scales=None, hibal_depth=None, lobal_depth=None, dla_x=None,
+                  dla_ew=None) -> np.ndarray:
     """Band fluxes [n, band] of quasars (arbitrary units) from their physical parameters.
 
     Args:
@@ -161,14 +231,28 @@ def quasar_fluxes(grid: PhotometryGrid, z, tilt, ebv, igm_scale, line_scale, hot
         line_scale: emission-line strength relative to the composite (Baldwin effect + scatter).
         hot_scale, warm_scale: dust emission relative to the mean SED.
         lls_x: rest-frame cut of the nearest Lyman-limit system in units of 912 A (0 = none).
+        group_scales: [n, len(LINE_GROUPS) + 1] extra strength of each line group (None: 1).
+        hibal_depth, lobal_depth: depth of the HiBAL / LoBAL troughs (0 = none; None: none).
+        dla_x: rest position of a damped Lyman-alpha trough in units of 1215.67 A (0 = none).
+        dla_ew: its absorber-frame equivalent width (Angstrom).
     """
     axes = [(grid.z, z), (TILTS, tilt), (EBVS, ebv), (IGM_SCALES, igm_scale)]
     cont = np.exp(interpolate(grid.log_continuum, axes))
     lines = cont * interpolate(grid.line_ratio, axes)
-    agn = cont + line_scale[:, None] * lines
     zaxis = [(grid.z, z)]
+    if group_scales is not None:
+        share = interpolate(grid.line_share, zaxis)              # [n, group, band]
+        lines *= np.einsum("ngb,ng->nb", share, group_scales)
+    agn = cont + line_scale[:, None] * lines
     blocked = interpolate(grid.lls_blocked, zaxis + [(LLS_X, lls_x)]) * (lls_x > 0)[:, None]
     agn *= 1.0 - interpolate(grid.below_lyman, zaxis) * blocked
+    if hibal_depth is not None:
+        agn *= 1.0 - hibal_depth[:, None] * interpolate(grid.hibal, zaxis)
+    if lobal_depth is not None:
+        agn *= 1.0 - lobal_depth[:, None] * interpolate(grid.lobal, zaxis)
+    if dla_x is not None:
+        absorbed = interpolate(grid.dla, zaxis + [(LLS_X, dla_x)]) * (dla_ew / DLA_REF_EW)[:, None]
+        agn *= 1.0 - np.clip(absorbed * (dla_x > 0)[:, None], 0.0, 0.95)
     dust = hot_scale[:, None] * interpolate(grid.hot_dust, zaxis) \
         + warm_scale[:, None] * interpolate(grid.warm_dust, zaxis)
     return np.maximum(agn, 0.0) + dust

@@ -47,6 +47,18 @@ def validate(sim: dict, registry: Registry) -> None:
     require(min(q["z_nodes"]) >= 0 and max(q["z_nodes"]) <= 6.0, "sim.quasars.z_nodes must lie in [0, 6]")
     for frac in ("reddened_fraction", "galex_coverage", "zwarning_fraction", "host_psf_fraction"):
         require(0.0 <= q[frac] <= 1.0, f"sim.quasars.{frac} must be in [0, 1], got {q[frac]}")
+    for frac in ("wrong_z_fraction", "bal_fraction", "lobal_share", "dla_fraction"):
+        require(0.0 <= q.get(frac, 0.0) <= 1.0, f"sim.quasars.{frac} must be in [0, 1], got {q.get(frac)}")
+    syst = sim.get("systematics", {})
+    require(0.0 <= syst.get("bad_error_fraction", 0.0) <= 1.0,
+            f"sim.systematics.bad_error_fraction must be in [0, 1], got {syst.get('bad_error_fraction')}")
+    if sim.get("variability", {}).get("enabled", False):
+        surveys = {b.survey for b in registry.bands.values()}
+        missing = sorted(surveys - set(sim["variability"]["surveys"]))
+        require(not missing, f"sim.variability.surveys: no epochs for surveys {missing}")
+    if sim.get("galactic_extinction", {}).get("enabled", False):
+        missing = [b for b in registry.bands if b not in sim["galactic_extinction"]["r_true"]]
+        require(not missing, f"sim.galactic_extinction.r_true: no A/E(B-V) for bands {missing}")
     missing = [b for b in registry.bands if b not in sim["depth_5sigma"]]
     require(not missing, f"sim.depth_5sigma: no depth for bands {missing}")
     missing = [c for c in sim["catalogs"] if c not in sim["astrometry_arcsec"]]

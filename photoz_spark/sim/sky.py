@@ -17,15 +17,18 @@ import pyarrow as pa
 
 from photoz_spark.bands import Registry
 from photoz_spark.hats import healpix29
-from photoz_spark.sim import igm, photometry
+from photoz_spark.sim import igm, milkyway, photometry, variability
 from photoz_spark.sim.photometry import PhotometryGrid
 
 NANOMAGGY_JY = 3.631e-6
-LS_RELEASE = 9010          # DESI Legacy Surveys DR9 south/north release codes are 9010/9011
+LS_RELEASE, LS_RELEASE_NORTH = 9010, 9011   # DESI Legacy Surveys DR9 south / north release codes
 GALAXY_KINDS = ("E", "Sbc", "Im")
 GALAXY_MIX = (0.3, 0.45, 0.25)
 DESI_GALAXY_TYPE = {"E": "DEV", "Sbc": "EXP", "Im": "REX"}
 SIMULATED_CATALOGS = ("dr16q", "sdss", "desi_ls", "lsst")
+# Random streams of a pixel beyond the population (0) and the catalogs (1 + catalog index):
+# each new effect draws from its own, so switching one off leaves the others' draws unchanged.
+STREAM_DIVERSITY, STREAM_VARIABILITY, STREAM_CONDITIONS = 100, 101, 102
 
 
 @dataclass
@@ -112,8 +115,45 @@ def _draw_z_and_mag(rng, n: int, q: dict) -> tuple[np.ndarray, np.ndarray]:
     return z, i_mag
 
 
-def draw_quasars(rng, n: int, q: dict, grid: PhotometryGrid) -> dict:
-    """Physical parameters and noiseless band fluxes (nanomaggies) of n quasars."""
+def host_fluxes(grid: PhotometryGrid, z, host_ratio, nucleus_i) -> np.ndarray:
+    """Band fluxes [n, band] of the host galaxy, K-corrected from its rest-frame i luminosity.
+
+    ``host_ratio`` is host / nucleus in *rest-frame* i (as the absolute magnitudes M_i are).
+    Per unit 4 pi D_L^2, a source of rest-frame L_nu is seen at f_nu = (1+z) <L_nu> over
+    the blueshifted band, and the grid's band fluxes are that <L_nu> (no (1+z)). The
+    nucleus's rest-frame i luminosity follows from its observed i with the alpha_nu = -0.5
+    power law of ``absolute_mag_i``: L_i = f_i,obs (1+z)^-0.5. So the host, host_ratio L_i
+    in rest-frame i, is seen at host_ratio f_i,obs (1+z)^+0.5 template_b(z) / template_i(0).
+
+    Args:
+        grid: the photometry grid.
+        z: redshifts.
+        host_ratio: host / nucleus luminosity ratio in rest-frame i (within the PSF).
+        nucleus_i: the nucleus's observed i flux (any linear unit; the output has the same).
+    Returns:
+        Array [n, band].
+    """
+    i_band = grid.band_index("sdss_i")
+    host = photometry.galaxy_fluxes(grid, "Sbc", z)
+    host_rest_i = photometry.galaxy_fluxes(grid, "Sbc", np.zeros(1))[0, i_band]
+    scale = host_ratio * nucleus_i * np.sqrt(1.0 + np.asarray(z)) / host_rest_i
+    return scale[:, None] * host
+
+
+def draw_quasars(rng, n: int, q: dict, grid: PhotometryGrid, xrng=None) -> dict:
+    """Physical parameters and noiseless band fluxes (nanomaggies) of n quasars.
+
+    Args:
+        rng: the pixel's population stream.
+        n: number of quasars.
+        q: the ``sim.quasars`` settings.
+        grid: the photometry grid (fluxes come out for all its columns, '@north' ones too).
+        xrng: stream of the diversity draws (line groups, BALs, DLAs), kept apart so that
+            switching them off leaves every other draw as it was (default: ``rng``).
+    Returns:
+        Per-quasar parameters and ``flux`` [n, grid columns], ``host_flux`` likewise.
+    """
+    xrng = rng if xrng is None else xrng
     z, i_mag = _draw_z_and_mag(rng, n, q)
     m_i = absolute_mag_i(i_mag, z)
     tilt = np.clip(rng.normal(0.0, q["tilt_sigma"], n), -1.0, 1.0)
@@ -126,17 +166,50 @@ def draw_quasars(rng, n: int, q: dict, grid: PhotometryGrid) -> dict:
     line_scale = np.clip(10.0 ** (q["baldwin_slope"] * log_l + rng.normal(0, q["line_scatter_dex"], n)), 0.2, 5)
     hot = 10.0 ** rng.normal(0.0, q["hot_dust_sigma_dex"], n)
     warm = 10.0 ** rng.normal(0.0, q["warm_dust_sigma_dex"], n)
-    flux = photometry.quasar_fluxes(grid, z, tilt, ebv, igm_scale, line_scale, hot, warm, lls_x)
+    extra = _draw_diversity(xrng, z, q)
+    flux = photometry.quasar_fluxes(grid, z, tilt, ebv, igm_scale, line_scale, hot, warm, lls_x,
+                                    group_scales=extra["group_scales"], hibal_depth=extra["bal_depth"],
+                                    lobal_depth=extra["lobal_depth"], dla_x=extra["dla_x"],
+                                    dla_ew=extra["dla_ew"])
     i_band = grid.band_index("sdss_i")
     flux *= (mag_to_nmgy(i_mag) / flux[:, i_band])[:, None]
     # Host galaxy: matters for faint (low-luminosity, low-z) quasars only.
     m_host = rng.normal(q["host_abs_mag_i"], q["host_abs_mag_sigma"], n)
     host_ratio = q["host_psf_fraction"] * 10.0 ** (-0.4 * (m_host - m_i))
-    host = photometry.galaxy_fluxes(grid, "Sbc", z)
-    flux += (host_ratio * flux[:, i_band] / host[:, i_band])[:, None] * host
+    host = host_fluxes(grid, z, host_ratio, flux[:, i_band])
+    flux += host
+    extra.pop("group_scales")
+    dla_z = np.where(extra["dla_x"] > 0, extra["dla_x"] * (1.0 + z) - 1.0, np.nan)
     return {"z": z, "i_mag": i_mag, "M_i": m_i, "tilt": tilt, "ebv": ebv, "igm_scale": igm_scale,
-                "lls_z": lls_z, "line_scale": line_scale, "hot_dust": hot, "warm_dust": warm,
-                "host_ratio_i": host_ratio, "flux": flux}
+            "lls_z": lls_z, "line_scale": line_scale, "hot_dust": hot, "warm_dust": warm,
+            "host_ratio_i": host_ratio, "host_flux": host, "flux": flux, "dla_z": dla_z, **extra}
+
+
+# Damped Lyman-alpha: rest equivalent width on the square-root (damping-wing) part of the curve
+# of growth, W = 7.3 A (N_HI / 1e20 cm^-2)^(1/2) (so W >= 10 A at the DLA threshold 2e20).
+DLA_EW_AT_1E20 = 7.3
+LYB_OVER_LYA = 1025.72 / 1215.67
+
+
+def _draw_diversity(rng, z: np.ndarray, q: dict) -> dict:
+    """Per-line-group strengths, BAL troughs and DLAs (zeros where a switch is off)."""
+    n = len(z)
+    n_groups = len(photometry.LINE_GROUPS) + 1
+    sigma = q.get("line_group_scatter_dex", 0.0)
+    groups = 10.0 ** rng.normal(0.0, sigma, (n, n_groups)) if sigma > 0 else None
+    bal = rng.random(n) < q.get("bal_fraction", 0.0)
+    lo, hi = q.get("bal_depth", [0.2, 0.8])
+    bal_depth = np.where(bal, rng.uniform(lo, hi, n), 0.0)
+    lobal_depth = np.where(bal & (rng.random(n) < q.get("lobal_share", 0.0)), bal_depth, 0.0)
+    dla = rng.random(n) < q.get("dla_fraction", 0.0)
+    # In the forest between the quasar's Ly-beta and Ly-alpha, where a DLA is found in spectra.
+    dla_x = np.where(dla, rng.uniform(LYB_OVER_LYA, 0.99, n), 0.0)
+    n_lo, n_hi = 10.0 ** np.asarray(q.get("dla_log_nhi", [20.3, 21.7]), float)
+    nhi = 1.0 / (1.0 / n_lo - rng.random(n) * (1.0 / n_lo - 1.0 / n_hi))   # dN/dN_HI ~ N_HI^-2
+    log_nhi = np.where(dla, np.log10(nhi), np.nan)
+    dla_ew = np.where(dla, DLA_EW_AT_1E20 * np.sqrt(nhi / 1e20), 0.0)
+    return {"group_scales": groups, "bal_depth": bal_depth, "lobal_depth": lobal_depth,
+            "dla_x": dla_x, "dla_ew": dla_ew, "dla_log_nhi": log_nhi}
 
 
 def draw_field(rng, n_star: int, n_gal: int, f: dict, grid: PhotometryGrid) -> dict:
@@ -160,13 +233,83 @@ def draw_field(rng, n_star: int, n_gal: int, f: dict, grid: PhotometryGrid) -> d
                 "flux": np.concatenate([stars, gals])}
 
 
-def observe(rng, flux: np.ndarray, sigma_sky: np.ndarray, calibration: float):
-    """Noisy fluxes and 1-sigma errors: sky noise from the depth plus a calibration floor.
+def observe(rng, flux: np.ndarray, sigma_sky: np.ndarray, calibration: float,
+            bad_fraction: float = 0.0, bad_factor: float = 3.0):
+    """Noisy fluxes and reported 1-sigma errors: sky noise from the depth plus a calibration floor.
 
-    Faint sources get fluxes <= 0 with finite errors, as forced photometry reports them.
+    Faint sources get fluxes <= 0 with finite errors, as forced photometry reports them. A
+    share ``bad_fraction`` of measurements scatter by bad_factor x (1 + Pareto(2)) times
+    their reported error (blends, artefacts): a heavy tail the error column does not show.
     """
     sigma = np.sqrt(sigma_sky[None, :] ** 2 + (calibration * np.abs(flux)) ** 2)
-    return flux + rng.normal(0.0, 1.0, flux.shape) * sigma, sigma
+    scatter = rng.normal(0.0, 1.0, flux.shape)
+    if bad_fraction > 0 and flux.size:
+        # Which measurements are bad: a binomial count at random places (cheaper than a draw
+        # per measurement; a repeated place is simply bad once).
+        bad = rng.integers(0, flux.size, rng.binomial(flux.size, bad_fraction))
+        scatter.flat[bad] *= bad_factor * (1.0 + rng.pareto(2.0, bad.size))
+    return flux + scatter * sigma, sigma
+
+
+def desi_north(ra, dec, systematics: dict) -> np.ndarray:
+    """Whether DESI LS DR9 measured a position with BASS/MzLS (North) rather than DECam (South)."""
+    if not systematics.get("desi_north", False):
+        return np.zeros(np.shape(ra), bool)
+    north_cap = milkyway.galactic_latitude(ra, dec) > 0
+    return (np.asarray(dec) >= systematics["desi_north_dec_min"]) & north_cap
+
+
+def photometric_system(grid: PhotometryGrid, flux: np.ndarray, north: np.ndarray) -> np.ndarray:
+    """[n, grid columns] -> [n, registry bands]: North rows take their '@north' columns."""
+    out = flux[:, :grid.n_bands].copy()
+    for j, name in enumerate(grid.band_names[grid.n_bands:], start=grid.n_bands):
+        k = grid.band_index(name.removesuffix(photometry.NORTH))
+        out[north, k] = flux[north, j]
+    return out
+
+
+def survey_conditions(sim: dict, registry: Registry, pixel: int) -> tuple[np.ndarray, np.ndarray]:
+    """5-sigma depth and zero-point offset (catalog - AB, mag) of every band in one pixel.
+
+    Each survey's depth and zero point wander from pixel to pixel (the same for all its bands),
+    by ``sim.systematics.depth_scatter_mag`` and ``zero_point_jitter_mag``; fixed per-band
+    offsets come from ``zero_point_mag``. A pure function of (seed, pixel).
+    """
+    syst = sim.get("systematics", {})
+    names = list(registry.bands)
+    rng = pixel_rng(sim["seed"], sim["sim_order"], pixel, stream=STREAM_CONDITIONS)
+    surveys = sorted({b.survey for b in registry.bands.values()})
+    depth_shift = dict(zip(surveys, rng.normal(0.0, 1.0, len(surveys))))
+    zp_shift = dict(zip(surveys, rng.normal(0.0, 1.0, len(surveys))))
+    depth = np.array([sim["depth_5sigma"][b] + syst.get("depth_scatter_mag", {}).get(registry.band(b).survey, 0.0)
+                      * depth_shift[registry.band(b).survey] for b in names])
+    zp = np.array([syst.get("zero_point_mag", {}).get(b, 0.0)
+                   + syst.get("zero_point_jitter_mag", {}).get(registry.band(b).survey, 0.0)
+                   * zp_shift[registry.band(b).survey] for b in names])
+    return depth, zp
+
+
+def extinction_coefficients(sim: dict, registry: Registry, north: np.ndarray, which: str = "r_true") -> np.ndarray:
+    """[n, band] A_band / E(B-V): the real sky's (``r_true``, North bands from ``r_north``) or,
+    with ``which="r_catalog"``, what each catalog's extinction column is computed with."""
+    ext = sim["galactic_extinction"]
+    names = list(registry.bands)
+    true = np.array([ext["r_true"][b] for b in names])
+    north_r = np.array([ext.get("r_north", {}).get(b, ext["r_true"][b]) for b in names])
+    r = np.where(north[:, None], north_r[None, :], true[None, :])
+    if which == "r_catalog":
+        for j, b in enumerate(names):
+            if b in ext.get("r_catalog", {}):
+                r[:, j] = ext["r_catalog"][b]
+    return r
+
+
+def galactic_ebv(sim: dict, ra, dec) -> np.ndarray:
+    """E(B-V) (SFD scale) at positions; zeros when ``sim.galactic_extinction.enabled`` is false."""
+    ext = sim.get("galactic_extinction", {})
+    if not ext.get("enabled", False):
+        return np.zeros(np.shape(ra))
+    return milkyway.ebv_sfd(ra, dec, sim["seed"], ext["ebv_pole"], ext["structure_sigma_ln"])
 
 
 def sdss_names(ra, dec) -> list[str]:
@@ -216,40 +359,84 @@ def simulate_pixel(model: SkyModel, pixel: int) -> dict[str, pa.Table]:
     n_star = rng.poisson(f["star_density_deg2"] * area)
     n_gal = rng.poisson(f["galaxy_density_deg2"] * area)
 
-    qso = draw_quasars(rng, n_qso, q, grid)
+    qso = draw_quasars(rng, n_qso, q, grid, xrng=pixel_rng(seed, order, pixel, stream=STREAM_DIVERSITY))
     qso_ra, qso_dec = random_positions(rng, order, pixel, n_qso)
     field = draw_field(rng, n_star, n_gal, f, grid)
     field_ra, field_dec = random_positions(rng, order, pixel, n_star + n_gal)
+    syst = sim.get("systematics", {})
 
-    band_index = {name: j for j, name in enumerate(grid.band_names)}
-    depth = np.array([sim["depth_5sigma"][b] for b in grid.band_names])
+    # What reaches each telescope on average: the DESI photometric system of the position, then
+    # Milky Way dust. Then what each survey saw at its own epochs (quasars vary; the field does not).
+    qso_north, field_north = desi_north(qso_ra, qso_dec, syst), desi_north(field_ra, field_dec, syst)
+    qso["ebv_mw"], field_ebv = galactic_ebv(sim, qso_ra, qso_dec), galactic_ebv(sim, field_ra, field_dec)
+    qso["flux"] = photometric_system(grid, qso["flux"], qso_north)
+    field["flux"] = photometric_system(grid, field["flux"], field_north)
+    if np.any(qso["ebv_mw"] > 0) or np.any(field_ebv > 0):
+        qso["flux"] *= milkyway.transmission(qso["ebv_mw"][:, None], extinction_coefficients(sim, reg, qso_north))
+        field["flux"] *= milkyway.transmission(field_ebv[:, None], extinction_coefficients(sim, reg, field_north))
+    qso["desi_north"] = qso_north
+    seen = _variable_fluxes(sim, reg, qso, pixel_rng(seed, order, pixel, stream=STREAM_VARIABILITY))
+
+    band_index = {name: j for j, name in enumerate(grid.registry_bands)}
+    depth, zero_point = survey_conditions(sim, reg, pixel)
     sigma_sky = mag_to_nmgy(depth) / 5.0
+    to_catalog = 10.0 ** (-0.4 * zero_point)
+    bad = (syst.get("bad_error_fraction", 0.0), syst.get("bad_error_factor", 3.0))
     base_id = np.int64(pixel) << 24
     thing_id = base_id + np.arange(n_qso, dtype=np.int64)
     tables, truth_ids = {}, {}
     for catalog in sim["catalogs"]:
         # Independent noise and astrometry per catalog: each survey measured the sky itself.
         crng = pixel_rng(seed, order, pixel, stream=1 + SIMULATED_CATALOGS.index(catalog))
-        q_obs, q_sig = observe(crng, qso["flux"], sigma_sky, sim["calibration_error"])
+        q_obs, q_sig = observe(crng, seen * to_catalog, sigma_sky, sim["calibration_error"], *bad)
         sigma_pos = sim["astrometry_arcsec"][catalog]
         ra, dec = scatter_positions(crng, qso_ra, qso_dec, sigma_pos)
         if catalog == "dr16q":
             tables[catalog] = _dr16q(crng, qso, q, ra, dec, thing_id, q_obs, q_sig, reg, band_index)
             continue
-        f_obs, f_sig = observe(crng, field["flux"], sigma_sky, sim["calibration_error"])
+        f_obs, f_sig = observe(crng, field["flux"] * to_catalog, sigma_sky, sim["calibration_error"], *bad)
         detect = [band_index[b.name] for b in reg.catalog_bands(catalog) if b.survey != "wise"]
-        seen = np.any(f_obs[:, detect] / f_sig[:, detect] >= sim["detection_snr"], axis=1)
-        is_gal = field["kind"][seen] != "star"
-        f_ra, f_dec = scatter_positions(crng, field_ra[seen], field_dec[seen],
+        seen_field = np.any(f_obs[:, detect] / f_sig[:, detect] >= sim["detection_snr"], axis=1)
+        is_gal = field["kind"][seen_field] != "star"
+        f_ra, f_dec = scatter_positions(crng, field_ra[seen_field], field_dec[seen_field],
                                         np.where(is_gal, 2.0 * sigma_pos, sigma_pos))
         table, ids = _photometric(catalog, pixel, np.concatenate([ra, f_ra]), np.concatenate([dec, f_dec]),
-                                  np.concatenate([q_obs, f_obs[seen]]), np.concatenate([q_sig, f_sig[seen]]),
-                                  np.concatenate([np.full(n_qso, "qso", dtype=object), field["kind"][seen]]),
-                                  reg, band_index)
+                                  np.concatenate([q_obs, f_obs[seen_field]]),
+                                  np.concatenate([q_sig, f_sig[seen_field]]),
+                                  np.concatenate([np.full(n_qso, "qso", dtype=object), field["kind"][seen_field]]),
+                                  reg, band_index,
+                                  north=np.concatenate([qso_north, field_north[seen_field]]),
+                                  ebv=np.concatenate([qso["ebv_mw"], field_ebv[seen_field]]), sim=sim)
         tables[catalog] = table
         truth_ids[catalog] = ids[:n_qso]
     tables["truth"] = _truth(qso, qso_ra, qso_dec, thing_id, truth_ids, grid, tables.get("dr16q"))
     return tables
+
+
+def _variable_fluxes(sim: dict, registry: Registry, qso: dict, rng) -> np.ndarray:
+    """Quasar fluxes as each band's survey saw them (damped random walk at its epochs)."""
+    var = sim.get("variability", {})
+    if not var.get("enabled", False):
+        return qso["flux"]
+    bands = list(registry.bands.values())
+    qso["log_mbh"] = variability.draw_log_black_hole_mass(rng, qso["M_i"])
+    factors, qso["sf_inf_4000"], qso["tau_obs_days"] = variability.epoch_flux_factors(
+        rng, qso["z"], qso["M_i"], qso["log_mbh"], np.array([b.lambda_eff for b in bands]),
+        [b.survey for b in bands], var["surveys"])
+    return qso["flux"] * factors
+
+
+# Pairs of lines a spectroscopic pipeline confuses: (1+z_wrong) = (1+z) x rest_true / rest_assumed.
+LINE_CONFUSIONS = ((2798.75, 1549.06), (1549.06, 2798.75), (1908.73, 2798.75), (2798.75, 1908.73),
+                   (1215.67, 1549.06), (1549.06, 1215.67))
+
+
+def _wrong_redshifts(rng, z: np.ndarray, q: dict) -> np.ndarray:
+    """Line-confusion redshifts for z (a random DR16Q-like z where the confusion falls off 0..z_max)."""
+    pair = np.array(LINE_CONFUSIONS)[rng.integers(0, len(LINE_CONFUSIONS), len(z))]
+    wrong = (1.0 + z) * pair[:, 0] / pair[:, 1] - 1.0
+    fallback = sample_piecewise(rng, q["z_nodes"], q["z_weights"], len(z))
+    return np.where((wrong > 0) & (wrong < max(q["z_nodes"])), wrong, fallback)
 
 
 def _dr16q(rng, qso, q, ra, dec, thing_id, obs, sig, reg, band_index):
@@ -258,6 +445,9 @@ def _dr16q(rng, qso, q, ra, dec, thing_id, obs, sig, reg, band_index):
     wrong = (zwarning != 0) & (rng.random(n) < 0.5)
     z_spec = qso["z"] + rng.normal(0.0, 0.0005, n) * (1.0 + qso["z"])
     z_spec = np.where(wrong, sample_piecewise(rng, q["z_nodes"], q["z_weights"], n), np.maximum(z_spec, 0.0))
+    if q.get("wrong_z_fraction", 0.0) > 0:  # confident (ZWARNING = 0) and wrong, as visual inspection finds
+        silent = (zwarning == 0) & (rng.random(n) < q["wrong_z_fraction"])
+        z_spec = np.where(silent, _wrong_redshifts(rng, qso["z"], q), z_spec)
     cols = {"SDSS_NAME": sdss_names(ra, dec), "THING_ID": thing_id, "RA": ra, "DEC": dec,
             "Z": z_spec, "ZWARNING": zwarning}
     cols.update(_band_columns(reg, "dr16q", obs, sig, band_index))
@@ -269,7 +459,22 @@ def _dr16q(rng, qso, q, ra, dec, thing_id, obs, sig, reg, band_index):
     return pa.table(cols)
 
 
-def _photometric(catalog, pixel, ra, dec, obs, sig, kind, reg, band_index):
+def _extinction_columns(catalog: str, reg: Registry, sim: dict, north, ebv) -> dict:
+    """The catalog's Milky Way columns (bands.yaml ``extinction``), computed as the product does."""
+    spec = reg.extinction.get(catalog)
+    if not spec or not sim.get("galactic_extinction", {}).get("enabled", False):
+        return {}
+    r = extinction_coefficients(sim, reg, north, which="r_catalog")
+    names = list(reg.bands)
+    cols = {spec["ebv"]: ebv.astype(np.float32)} if spec.get("ebv") else {}
+    for band, column in spec["columns"].items():
+        a = r[:, names.index(band)] * ebv
+        cols[column] = (milkyway.transmission(ebv, r[:, names.index(band)]) if spec["kind"] == "transmission"
+                        else a).astype(np.float32)
+    return cols
+
+
+def _photometric(catalog, pixel, ra, dec, obs, sig, kind, reg, band_index, north, ebv, sim):
     n = len(ra)
     local = np.arange(n, dtype=np.int64)
     is_point = np.isin(kind, ["qso", "star"])
@@ -278,9 +483,10 @@ def _photometric(catalog, pixel, ra, dec, obs, sig, kind, reg, band_index):
             raise ValueError(f"pixel {pixel} holds {n} DESI sources, more than a brick's 65535 OBJIDs; "
                              "raise sim.sim_order")
         brick = np.full(n, pixel, dtype=np.int32)
-        ids = (np.int64(LS_RELEASE) << 40) | (np.int64(pixel) << 16) | local
+        release = np.where(north, LS_RELEASE_NORTH, LS_RELEASE).astype(np.int64)
+        ids = (release << 40) | (np.int64(pixel) << 16) | local
         types = np.where(is_point, "PSF", [DESI_GALAXY_TYPE.get(k, "PSF") for k in kind])
-        cols = {"RELEASE": np.full(n, LS_RELEASE, dtype=np.int16), "BRICKID": brick,
+        cols = {"RELEASE": release.astype(np.int16), "BRICKID": brick,
                 "OBJID": local.astype(np.int32), "LS_ID": ids, "RA": ra, "DEC": dec, "TYPE": types.astype(str)}
     elif catalog == "sdss":
         ids = (np.int64(1) << 59) | (np.int64(pixel) << 24) | local
@@ -292,8 +498,14 @@ def _photometric(catalog, pixel, ra, dec, obs, sig, kind, reg, band_index):
     else:
         raise ValueError(f"cannot simulate catalog {catalog!r}; simulated catalogs: {SIMULATED_CATALOGS}")
     cols.update(_band_columns(reg, catalog, obs, sig, band_index))
+    cols.update(_extinction_columns(catalog, reg, sim, north, ebv))
     cols["_healpix_29"] = healpix29(ra, dec)
     return pa.table(cols), ids
+
+
+TRUTH_PARAMETERS = ("i_mag", "M_i", "tilt", "ebv", "igm_scale", "lls_z", "line_scale", "hot_dust", "warm_dust",
+                    "host_ratio_i", "bal_depth", "lobal_depth", "dla_z", "dla_log_nhi", "ebv_mw", "desi_north",
+                    "log_mbh", "sf_inf_4000", "tau_obs_days")
 
 
 def _truth(qso, ra, dec, thing_id, ids, grid, dr16q) -> pa.Table:
@@ -301,14 +513,14 @@ def _truth(qso, ra, dec, thing_id, ids, grid, dr16q) -> pa.Table:
     for catalog, key in (("sdss", "sdss_objID"), ("desi_ls", "LS_ID"), ("lsst", "lsst_objectId")):
         if catalog in ids:
             cols[key] = ids[catalog]
-    for name in ("i_mag", "M_i", "tilt", "ebv", "igm_scale", "lls_z", "line_scale", "hot_dust",
-                 "warm_dust", "host_ratio_i"):
-        cols[name] = qso[name]
+    for name in TRUTH_PARAMETERS:
+        if name in qso:  # variability parameters only when it is on
+            cols[name] = qso[name]
     if dr16q is not None:
         cols["Z"] = dr16q["Z"].to_numpy()
         cols["ZWARNING"] = dr16q["ZWARNING"].to_numpy()
         cols["has_galex"] = dr16q["FUV_IVAR"].to_numpy() > 0
-    for j, band in enumerate(grid.band_names):
-        cols[f"true_flux_{band}"] = qso["flux"][:, j].astype(np.float32)
+    for j, band in enumerate(grid.registry_bands):  # mean flux at the telescope: before variability,
+        cols[f"true_flux_{band}"] = qso["flux"][:, j].astype(np.float32)  # zero points and noise
     cols["_healpix_29"] = healpix29(ra, dec)
     return pa.table(cols)
