@@ -40,7 +40,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==$(TORCH_VERSION)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,astro]'
 	touch $@
 
 WORKDIR ?= workdir

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pytest
+import qp  # the astro extra; `make test` installs it (no importorskip: CI cannot skip these)
 import torch
 
 from photoz_spark import PROJECT_DIR, hats
@@ -24,8 +25,6 @@ from photoz_spark.model import BiLSTMMDN, ModelConfig, mdn
 from photoz_spark.scoring.kernel import score_batch
 from photoz_spark.serving import PhotozModel, save_model_files
 from photoz_spark.toy import toy_matched_table
-
-qp = pytest.importorskip("qp")  # the astro extra; `make test` installs it, so CI runs these tests
 
 sys.path.insert(0, str(PROJECT_DIR / "jobs"))
 import export_qp as export_job
