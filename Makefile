@@ -13,7 +13,7 @@ PETASTORM_TESTS ?= tests/test_petastorm.py tests/test_features.py tests/test_hat
 .PHONY: help venv demo test test-petastorm lint clean
 
 help:  ## list the targets
-	@echo "make demo   the pipeline on the simulated sky: simulate -> crossmatch -> features -> train -> score -> evaluate (in WORKDIR)"
+	@echo "make demo   the pipeline on the simulated sky: simulate -> crossmatch -> features -> train -> score -> qp export -> evaluate (in WORKDIR)"
 	@echo "make test   run the test suite"
 	@echo "make test-petastorm  build $(PETASTORM_VENV) (the petastorm stack) and run the tests that matter there"
 	@echo "make lint   ruff check"
@@ -55,6 +55,7 @@ demo: $(VENV)/.installed
 	@# GALEX columns, which the all-bands model then treats as unobserved.
 	$(PY) jobs/crossmatch.py --workdir $(WORKDIR) crossmatch.run=photometric crossmatch.left=sdss 'crossmatch.right=[desi_ls]'
 	$(PY) jobs/score_catalog.py --workdir $(WORKDIR) --input matched/photometric 'score.missing_bands=[galex_fuv,galex_nuv]'
+	$(PY) jobs/export_qp.py --workdir $(WORKDIR) --input scores/photometric
 	$(PY) jobs/evaluate.py --workdir $(WORKDIR)
 
 test: $(VENV)/.installed
