@@ -213,6 +213,19 @@ def test_calibrated_scores_export_the_networks_mixture(model, tmp_path):
     assert (inside > 0.70).mean() > 0.95
 
 
+def test_string_ids_are_written_not_dropped(tmp_path):
+    """A catalog with text ids: qp's HDF5 writer would silently leave out an object array."""
+    mixture = {"weights": [0.5, 0.5], "means": [1.0, 2.0], "stds": [0.1, 0.2]}
+    table = pa.table({"name": ["J1", None, "J333"], "flag": pa.array([True, False, True]),
+                      **{c: pa.array([mixture[k]] * 3, pa.list_(pa.float32())) for k, c in export.MIXTURE_COLUMNS.items()}})
+    ensemble = export.ensemble_from_table(table, ["name", "flag"])
+    ensemble.write_to(str(tmp_path / "names.hdf5"))
+    back = qp.read(str(tmp_path / "names.hdf5"))
+    assert back.ancil["name"].tolist() == ["J1", "", "J333"] and back.ancil["flag"].tolist() == [True, False, True]
+    with pytest.raises(ValueError, match="cannot be qp ancillary"):
+        export.ensemble_from_table(table, ["mixmod_means"])
+
+
 def test_bad_requests_refused_with_clear_errors(scores, tmp_path):
     workdir, _ = scores
     source = workdir / "scores" / "toy"

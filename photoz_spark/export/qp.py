@@ -68,7 +68,13 @@ class ScoreCatalog:
 
     @classmethod
     def open(cls, path) -> ScoreCatalog:
-        """Check that ``path`` is a score output.
+        """Open a score output, checking that it is one.
+
+        Args:
+            path: the score output folder (``workdir/scores/<name>``).
+
+        Returns:
+            The ``ScoreCatalog``.
 
         Raises:
             FileNotFoundError: not a HATS catalog.
@@ -193,8 +199,23 @@ def ensemble_from_table(table: pa.Table, ancillary: Sequence[str] = ()):
         warnings.filterwarnings("ignore", message=".*non-finite values", category=RuntimeWarning)
         ensemble = qp.Ensemble(qp.mixmod, data=mixture_arrays(table))
     if ancillary:
-        ensemble.set_ancil({c: table.column(c).to_numpy(zero_copy_only=False) for c in ancillary})
+        ensemble.set_ancil({c: ancillary_array(table.column(c), c) for c in ancillary})
     return ensemble
+
+
+def ancillary_array(column: pa.ChunkedArray, name: str = "") -> np.ndarray:
+    """A column as the numpy array qp writes: numbers and booleans as they are, strings as
+    fixed-width unicode (qp's HDF5 writer silently leaves out object arrays).
+
+    Raises:
+        ValueError: a column of another type (lists, structs): qp ancillary data are flat arrays.
+    """
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pc.fill_null(column, "").to_numpy(zero_copy_only=False).astype(str)
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+        raise ValueError(f"column {name!r} ({kind}) cannot be qp ancillary data: numbers, booleans or strings only")
+    return column.to_numpy(zero_copy_only=False)
 
 
 def read_selection(catalog: ScoreCatalog, pixels: Sequence[int] | None = None, columns: Sequence[str] | None = None,
