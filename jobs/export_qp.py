@@ -93,6 +93,7 @@ def print_summary(s: dict) -> None:
         print(f"left out      {s['unscored_dropped']:,d} NOT_SCORED rows (--scored-only)")
     print(f"ensemble      qp {s['parameterisation']}: {s['ensemble']}")
     print(f"ancillary     {', '.join(s['columns']) or 'none'}")
+    print(f"time          {s['seconds']:.1f} s ({s['rows'] / max(s['seconds'], 1e-9):,.0f} rows/s)")
     print(f"open with     qp.read('{s['output']}/{next(iter(files), '')}')")
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -315,8 +316,10 @@ def export_qp(scores_dir, output_dir, pixels: Sequence[int] | None = None, colum
 
     Returns:
         Summary dict: input, output, files (relative path -> rows), rows, unscored_dropped,
-        pixels, order, limit, columns, calibrated, ensemble (what it is), model, format, single_file.
+        pixels, order, limit, columns, calibrated, ensemble (what it is), model, format, single_file,
+        seconds.
     """
+    t0 = time.time()
     require_format(fmt)
     catalog = ScoreCatalog.open(scores_dir)
     columns = catalog.default_ancillary if columns is None else list(columns)
@@ -343,6 +346,7 @@ def export_qp(scores_dir, output_dir, pixels: Sequence[int] | None = None, colum
         }
         (staged / MANIFEST_FILE).write_text(json.dumps(summary, indent=1) + "\n")
         _replace(staged, target)
+        summary["seconds"] = time.time() - t0
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
