@@ -13,7 +13,7 @@ PETASTORM_TESTS ?= tests/test_petastorm.py tests/test_features.py tests/test_hat
 .PHONY: help venv demo test test-quick test-petastorm lint clean
 
 help:  ## list the targets
-	@echo "make demo   the pipeline on the simulated sky: simulate -> crossmatch -> features -> train -> score -> evaluate (in WORKDIR)"
+	@echo "make demo   the pipeline on the simulated sky: simulate -> crossmatch -> features -> train -> score -> qp export -> evaluate (in WORKDIR)"
 	@echo "make test   run the test suite"
 	@echo "make test-quick  only the unit tests (numpy/torch, no JVM): well under a minute"
 	@echo "make test-petastorm  build $(PETASTORM_VENV) (the petastorm stack) and run the tests that matter there"
@@ -41,7 +41,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==$(TORCH_VERSION)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,astro]'
 	touch $@
 
 WORKDIR ?= workdir
@@ -56,6 +56,7 @@ demo: $(VENV)/.installed
 	@# GALEX columns, which the all-bands model then treats as unobserved.
 	$(PY) jobs/crossmatch.py --workdir $(WORKDIR) crossmatch.run=photometric crossmatch.left=sdss 'crossmatch.right=[desi_ls]'
 	$(PY) jobs/score_catalog.py --workdir $(WORKDIR) --input matched/photometric 'score.missing_bands=[galex_fuv,galex_nuv]'
+	$(PY) jobs/export_qp.py --workdir $(WORKDIR) --input scores/photometric
 	$(PY) jobs/evaluate.py --workdir $(WORKDIR)
 
 test: $(VENV)/.installed

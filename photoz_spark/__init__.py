@@ -5,6 +5,9 @@ from pathlib import Path
 
 # MLflow would otherwise send usage telemetry; nothing here may reach the network uninvited.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# With tqdm installed (the astro extra brings it) MLflow draws a progress bar for every model
+# download into the jobs' output and their one-line errors.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 __version__ = "0.1.0"
 

@@ -21,3 +21,11 @@ class MissingInput(UserError, FileNotFoundError):
 
 class RegistryUnavailable(UserError, ConnectionError):
     """The MLflow tracking server does not answer."""
+
+
+class OutputExists(UserError, FileExistsError):
+    """An output folder exists and is not one this job wrote: the job refuses to replace it."""
+
+
+class MissingDependency(UserError, ImportError):
+    """An optional extra the job needs is not installed: the message says which to install."""
