@@ -14,8 +14,9 @@ Then, side by side in one run, with a 1.5 arcsec radius and the nearest counterp
   venv ``--lsdb-python`` (make it with ``python -m venv .venv-bench && .venv-bench/bin/pip install
   lsdb``); its right margin cache, which LSDB builds once at import time, is timed apart.
 
-Prints rows/s of each (left rows per second), the ratios, completeness and purity against the
-truth, and how often each agrees with the Spark job. The documented run is 1M x 10M.
+Prints rows/s of each (left rows per second), per core (Spark: the master's cores; astropy: 1;
+LSDB: dask's threaded scheduler, a thread per core), the per-core ratios, completeness and purity
+against the truth, and how often each agrees with the Spark job. The documented run is 1M x 10M.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -114,7 +116,8 @@ def run_spark(workdir: Path, master: str, n_left: int) -> dict:
     out = _read_columns(workdir / "matched" / "dr16q", ["THING_ID", "sdss_id"])
     match = np.full(n_left, -1, dtype=np.int64)
     match[out["THING_ID"]] = out["sdss_id"]
-    return {"seconds": seconds, "match": match, "jvm_seconds": t_jvm, "join_order": summary["join_order"]}
+    return {"seconds": seconds, "match": match, "jvm_seconds": t_jvm, "join_order": summary["join_order"],
+            "task_order": summary["task_order"], "right_rows_read": summary["right_rows_read"]}
 
 
 def run_astropy(workdir: Path, n_left: int) -> dict:
@@ -186,13 +189,22 @@ def quality(match: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return float(completeness), float(purity)
 
 
+def spark_cores(master: str) -> int:
+    """Cores of a local master (local[N], local[*] = all of this machine's)."""
+    inside = master[master.find("[") + 1:master.find("]")] if "[" in master else "1"
+    return os.cpu_count() if inside == "*" else int(inside.split(",")[0])
+
+
 def report(results: dict, truth: np.ndarray, args) -> None:
     spark_rate = args.left_rows / results["spark"]["seconds"]
+    spark_per_core = spark_rate / spark_cores(args.master)
     print("\n=== bench/crossmatch.py ===")
     print(f"left {args.left_rows:,} x right {args.right_rows:,} rows, radius {RADIUS_ARCSEC} arcsec, nearest "
-          f"counterpart, catalogs at order {args.order}, Spark join order {results['spark']['join_order']}")
-    print(f"{'method':<38} {'seconds':>8} {'left rows/s':>12} {'vs Spark':>9} {'complete':>9} {'pure':>9} "
-          f"{'= Spark':>8}")
+          f"counterpart, catalogs at order {args.order}, Spark margin order {results['spark']['join_order']}, "
+          f"task order {results['spark']['task_order']}, right rows read {results['spark']['right_rows_read']:,}")
+    print(f"{'method':<38} {'cores':>5} {'seconds':>8} {'left rows/s':>12} {'per core':>9} {'vs Spark':>9} "
+          f"{'complete':>9} {'pure':>9} {'= Spark':>8}")
+    cores = {"spark": spark_cores(args.master), "astropy": 1, "lsdb": os.cpu_count()}  # dask: a thread per core
     for name, label in (("spark", f"Spark job, {args.master}"), ("astropy", "astropy match_coordinates_sky, 1 core"),
                         ("lsdb", "LSDB crossmatch (dask)")):
         res = results.get(name, {})
@@ -200,10 +212,11 @@ def report(results: dict, truth: np.ndarray, args) -> None:
             print(f"{label:<38} skipped: {res.get('error', 'not run')}")
             continue
         rate = args.left_rows / res["seconds"]
+        per_core = rate / cores[name]
         completeness, purity = quality(res["match"], truth)
         agree = np.mean(res["match"] == results["spark"]["match"])
-        print(f"{label:<38} {res['seconds']:8.1f} {rate:12,.0f} {rate / spark_rate:8.2f}x "
-              f"{100 * completeness:8.3f}% {100 * purity:8.3f}% {100 * agree:7.3f}%")
+        print(f"{label:<38} {cores[name]:5d} {res['seconds']:8.1f} {rate:12,.0f} {per_core:9,.0f} "
+              f"{per_core / spark_per_core:8.2f}x {100 * completeness:8.3f}% {100 * purity:8.3f}% {100 * agree:7.3f}%")
     print(f"Spark JVM start (not counted): {results['spark']['jvm_seconds']:.1f} s")
     if "margin_seconds" in results.get("lsdb", {}):
         print(f"LSDB {results['lsdb']['version']}: right margin cache build (not counted, a one-off at import "

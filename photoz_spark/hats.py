@@ -511,14 +511,14 @@ def partition_pixels(path) -> tuple[int, np.ndarray]:
     return order, np.array(sorted(npixs), dtype=np.int64)
 
 
-def _tasks(catalog: Path, out_order: int) -> list[tuple[int, str]]:
-    """The tasks of ``map_pixels``: (output group pixel, JSON list of [Npix, file]), biggest first.
+def _tasks(catalog: Path, group_order: int) -> list[tuple[int, str]]:
+    """The tasks of ``map_pixels``: (group pixel, JSON list of [Npix, file]), biggest first.
 
-    A task is one source pixel, or all source pixels of one output pixel when the output order is
-    coarser (so that each output file is written by one task).
+    A task is all source pixels inside one pixel at ``group_order`` (one source pixel when that is
+    the source's order), so that each output file is written by one task.
     """
     order, npixs = partition_pixels(catalog)
-    shift = 2 * max(0, order - out_order)
+    shift = 2 * max(0, order - group_order)
     groups: dict[int, list[list]] = {}
     for npix in npixs.tolist():
         groups.setdefault(npix >> shift, []).append([npix, pixel_relpath(order, npix)])
@@ -563,11 +563,12 @@ def _within(npix: int, order: int, source_npix: int, source_order: int) -> bool:
 
 def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator[pa.RecordBatch]], *,
                schema: pa.Schema, catalog_name: str, order: int | None = None,
-               extra_properties: dict | None = None) -> dict:
+               task_order: int | None = None, extra_properties: dict | None = None) -> dict:
     """Write a catalog whose every pixel is computed from the same sky area of ``source``: no shuffle.
 
-    One Spark task per source pixel (or per output pixel, if ``order`` is coarser than the
-    source's) calls ``process`` and streams what it yields into the output files, so rows go from
+    One Spark task per source pixel (or per pixel at ``task_order``, or per output pixel if
+    ``order`` is coarser than the source's) calls ``process`` for each of its source pixels in
+    Npix order and streams what it yields into the output files, so rows go from
     disk to disk without a trip through the JVM or a shuffle. Tasks are queued biggest first, so
     the small pixels fill the cores at the end; each reports its files' rows and bytes and the
     statistics ``process`` counted, so the driver reads nothing back.
@@ -582,6 +583,8 @@ def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator
         schema: the output schema (recorded even when there are no rows).
         catalog_name: recorded as ``obs_collection``.
         order: the output's HEALPix order; None: the source's.
+        task_order: group the source pixels of each pixel at this (coarser) order into one task;
+            None: one task per source pixel.
         extra_properties: more ``properties`` keys (may not override computed ones).
 
     Returns:
@@ -596,7 +599,7 @@ def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator
     out_order = source_order if order is None else order
     h29 = schema.field(HEALPIX_COLUMN) if HEALPIX_COLUMN in schema.names else None
     _check_columns(schema.names, str(h29.type) if h29 else None, ra_col=ra_col, dec_col=dec_col, order=out_order)
-    tasks = _tasks(catalog, out_order)
+    tasks = _tasks(catalog, min(out_order, source_order if task_order is None else task_order))
 
     def write_pixels(dataset_dir: Path) -> _Written:
         if not tasks:
