@@ -258,7 +258,8 @@ class _BlockMatcher:
             lo, hi = geometry.search_region(block, self.block_order, plan.algorithm.join_order)
             self._sides = [_read_right(side, lo, hi, plan.algorithm) for side in self.rights]
             self._block = block
-            stats["right_rows_read"] = stats.get("right_rows_read", 0) + sum(len(r.xyz) for r in self._sides)
+            stats["right_rows_used"] = stats.get("right_rows_used", 0) + sum(len(r.xyz) for r in self._sides)
+            stats["right_rows_read"] = stats.get("right_rows_read", 0) + sum(r.decoded for r in self._sides)
         dup = pa.array(self.duplicates.value, type=plan.left.schema.field(plan.left.id).type)
         for batch in pq.ParquetFile(path).iter_batches(batch_size=LEFT_BATCH_ROWS):
             yield _match_batch(plan, batch, self._sides, dup, stats)
@@ -317,12 +318,13 @@ class _RightRows:
     xyz: np.ndarray      # unit vectors
     id_order: np.ndarray  # sorts as the ids do, for ties
     tree: object         # the algorithm's prepared structure
+    decoded: int         # rows of the files read, before the cut to the region
 
 
 def _read_right(side: RightSide, lo: np.ndarray, hi: np.ndarray, algorithm: CrossmatchAlgorithm) -> _RightRows:
     """The rows of the right pixels overlapping the region, cut to the region, with finite coordinates."""
     dataset = side.catalog.path / hats.DATASET_DIR
-    parts = []
+    parts, decoded = [], 0
     for npix in geometry.pixels_in_region(side.pixels, side.order, lo, hi).tolist():
         # ParquetFile, not read_table: the latter imports pyarrow.dataset (and pandas) in every worker.
         table = pq.ParquetFile(dataset / hats.pixel_relpath(side.order, npix)).read(columns=side.columns,
@@ -333,6 +335,7 @@ def _read_right(side: RightSide, lo: np.ndarray, hi: np.ndarray, algorithm: Cros
         else:
             rows = np.flatnonzero(geometry.in_region(h29, lo, hi))
         parts.append(table if len(rows) == table.num_rows else table.take(pa.array(rows)))
+        decoded += table.num_rows
     catalog = side.catalog
     table = pa.concat_tables(parts) if parts else pa.schema(
         [catalog.schema.field(c) for c in side.columns]).empty_table()
@@ -346,7 +349,7 @@ def _read_right(side: RightSide, lo: np.ndarray, hi: np.ndarray, algorithm: Cros
     id_order = (pc.fill_null(ids, 0).to_numpy() if pa.types.is_integer(ids.type)
                 else pc.rank(ids, sort_keys="ascending", tiebreaker="dense").to_numpy())
     carried = {c: table.column(c).combine_chunks() for c in [catalog.id, *catalog.band_columns]}
-    return _RightRows(carried, xyz, id_order, algorithm.prepare(xyz))
+    return _RightRows(carried, xyz, id_order, algorithm.prepare(xyz), decoded)
 
 
 def _degrees(column) -> np.ndarray:
@@ -428,4 +431,5 @@ def _summarise(plan: CrossmatchPlan, written: dict) -> dict:
             "radius_arcsec": plan.algorithm.radius_arcsec, "k": plan.algorithm.k,
             "join_order": plan.algorithm.join_order, "output_order": plan.output_order,
             "task_order": written.get("task_order"), "right_rows_read": stats.get("right_rows_read", 0),
+            "right_rows_used": stats.get("right_rows_used", 0),
             "per_catalog": per_catalog, "flags": flagged}
