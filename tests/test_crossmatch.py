@@ -478,3 +478,12 @@ def test_mixed_orders_corners_poles_and_ra_wrap_agree_with_a_tree_row_for_row(sp
     for order in (left_order, right_order):
         assert (hats.pixel_at_order(lh, order) != hats.pixel_at_order(rh, order)).sum() >= 10
     assert (np.abs(ldec[li]) > 89.99).sum() >= 5 and (np.abs(lra[li] - rra[rj]) > 180).sum() >= 1
+
+
+def test_catalog_without_partition_order_refused(tmp_path, capsys):
+    _catalogs(tmp_path)
+    props = tmp_path / "catalogs" / "sdss" / "properties"
+    props.write_text("\n".join(line for line in props.read_text().splitlines() if not line.startswith("hats_order=")))
+    err = _refused(["--workdir", str(tmp_path), "crossmatch.right=[sdss]"], capsys)
+    assert "catalog 'sdss'" in err and "has no hats_order" in err
+    assert not (tmp_path / "matched").exists()

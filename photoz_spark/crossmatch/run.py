@@ -129,9 +129,11 @@ def make_plan(xm: dict, registry: Registry, workdir) -> CrossmatchPlan:
     algorithm = validate(xm, registry)
     left = open_catalog(xm["left"], workdir.catalog(xm["left"]), registry, with_bands=False)
     right = tuple(open_catalog(c, workdir.catalog(c), registry, with_bands=True) for c in xm["right"])
+    for catalog in (left, *right):  # the tasks follow the partitions: their order must be known
+        if catalog.order is None:
+            raise CatalogError(f"catalog {catalog.name!r} ({catalog.path}) has no hats_order in its properties; "
+                               "write it with jobs/ingest_catalog.py (or add hats_order=<its Norder>)")
     order = xm["output_order"] if xm["output_order"] is not None else left.order
-    if order is None:
-        raise CatalogError(f"catalog {left.name!r} has no hats_order in its properties; set crossmatch.output_order")
     columns = output_columns(left, right, algorithm.k)
     return CrossmatchPlan(run=xm["run"], left=left, right=right, algorithm=algorithm, output_order=order,
                           target=Path(workdir.matched) / xm["run"], columns=tuple(columns))
