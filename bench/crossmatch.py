@@ -14,8 +14,10 @@ Then, side by side in one run, with a 1.5 arcsec radius and the nearest counterp
   venv ``--lsdb-python`` (make it with ``python -m venv .venv-bench && .venv-bench/bin/pip install
   lsdb``); its right margin cache, which LSDB builds once at import time, is timed apart.
 
-Prints rows/s of each (left rows per second), the ratios, completeness and purity against the
-truth, and how often each agrees with the Spark job. The documented run is 1M x 10M.
+Prints rows/s of each (left rows per second), CPU seconds (this process tree's user + system
+time: on a shared machine the load-independent measure) and left rows per CPU second, per core (Spark: the master's cores; astropy: 1;
+LSDB: dask's threaded scheduler, a thread per core), the per-core ratios, completeness and purity
+against the truth, and how often each agrees with the Spark job. The documented run is 1M x 10M.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -107,14 +110,34 @@ def run_spark(workdir: Path, master: str, n_left: int) -> dict:
     spec = importlib.util.spec_from_file_location("crossmatch_job", ROOT / "jobs" / "crossmatch.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _tree_cpu_seconds()
     summary = job.main(["--workdir", str(workdir), "crossmatch.right=[sdss]",
                         f"crossmatch.radius_arcsec={RADIUS_ARCSEC}", *overrides])
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _tree_cpu_seconds() - cpu0
     out = _read_columns(workdir / "matched" / "dr16q", ["THING_ID", "sdss_id"])
     match = np.full(n_left, -1, dtype=np.int64)
     match[out["THING_ID"]] = out["sdss_id"]
-    return {"seconds": seconds, "match": match, "jvm_seconds": t_jvm, "join_order": summary["join_order"]}
+    return {"seconds": seconds, "cpu_seconds": cpu, "match": match, "jvm_seconds": t_jvm,
+            "join_order": summary["join_order"], "task_order": summary["task_order"],
+            "right_rows_read": summary["right_rows_read"], "right_rows_used": summary["right_rows_used"]}
+
+
+def _tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and every live descendant (JVM, Python workers).
+
+    On a shared machine wall time measures the other jobs too; CPU time is each method's own
+    work. Descendants that exit during a run would be missed (Spark keeps its workers alive).
+    """
+    import psutil
+
+    total = 0.0
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def run_astropy(workdir: Path, n_left: int) -> dict:
@@ -124,14 +147,14 @@ def run_astropy(workdir: Path, n_left: int) -> dict:
 
     left = _read_columns(workdir / "catalogs" / "dr16q", ["THING_ID", "RA", "DEC"])
     right = _read_columns(workdir / "catalogs" / "sdss", ["objID", "ra", "dec"])
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     idx, sep, _ = match_coordinates_sky(SkyCoord(left["RA"], left["DEC"], unit="deg"),
                                         SkyCoord(right["ra"], right["dec"], unit="deg"))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     match = np.full(n_left, -1, dtype=np.int64)
     within = sep <= RADIUS_ARCSEC * u.arcsec
     match[left["THING_ID"][within]] = right["objID"][idx[within]]
-    return {"seconds": seconds, "match": match}
+    return {"seconds": seconds, "cpu_seconds": cpu, "match": match}
 
 
 def run_lsdb(workdir: Path, python: str, n_left: int) -> dict:
@@ -148,7 +171,8 @@ def run_lsdb(workdir: Path, python: str, n_left: int) -> dict:
     data = np.load(result_file)
     match = np.full(n_left, -1, dtype=np.int64)
     match[data["thing_id"]] = data["obj_id"]
-    return {"seconds": float(data["seconds"]), "margin_seconds": float(data["margin_seconds"]), "match": match,
+    return {"seconds": float(data["seconds"]), "cpu_seconds": float(data["cpu_seconds"]),
+            "margin_seconds": float(data["margin_seconds"]), "match": match,
             "version": str(data["version"])}
 
 
@@ -165,15 +189,15 @@ def lsdb_worker(workdir: str, result_file: str) -> None:
     # A margin of 2x the radius: matches across partition borders (built once, at import, in LSDB).
     right.margin = MarginCatalogGenerator(right, margin_threshold=2 * RADIUS_ARCSEC).create_catalog()
     t_margin = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()  # process_time: every thread of dask's pool
     left = lsdb.read_hats(f"{workdir}/catalogs/dr16q", columns="all")
     matched = left.crossmatch(right, radius_arcsec=RADIUS_ARCSEC, n_neighbors=1, how="left",
                               suffixes=("", "_r"), suffix_method="all_columns").compute(progress_bar=False)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     ids = matched["objID_r"].to_numpy(dtype="float64", na_value=np.nan)
     found = ~np.isnan(ids)
     np.savez(result_file, thing_id=matched["THING_ID"].to_numpy()[found], obj_id=ids[found].astype(np.int64),
-             seconds=seconds, margin_seconds=t_margin, version=lsdb.__version__)
+             seconds=seconds, cpu_seconds=cpu, margin_seconds=t_margin, version=lsdb.__version__)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -186,13 +210,24 @@ def quality(match: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return float(completeness), float(purity)
 
 
+def spark_cores(master: str) -> int:
+    """Cores of a local master (local[N], local[*] = all of this machine's)."""
+    inside = master[master.find("[") + 1:master.find("]")] if "[" in master else "1"
+    return os.cpu_count() if inside == "*" else int(inside.split(",")[0])
+
+
 def report(results: dict, truth: np.ndarray, args) -> None:
     spark_rate = args.left_rows / results["spark"]["seconds"]
+    spark_per_core = spark_rate / spark_cores(args.master)
     print("\n=== bench/crossmatch.py ===")
     print(f"left {args.left_rows:,} x right {args.right_rows:,} rows, radius {RADIUS_ARCSEC} arcsec, nearest "
-          f"counterpart, catalogs at order {args.order}, Spark join order {results['spark']['join_order']}")
-    print(f"{'method':<38} {'seconds':>8} {'left rows/s':>12} {'vs Spark':>9} {'complete':>9} {'pure':>9} "
-          f"{'= Spark':>8}")
+          f"counterpart, catalogs at order {args.order}, Spark margin order {results['spark']['join_order']}, "
+          f"task order {results['spark']['task_order']}, right rows read {results['spark']['right_rows_read']:,} "
+          f"({results['spark']['right_rows_used']:,} in the search regions)")
+    spark_per_cpu = args.left_rows / results["spark"]["cpu_seconds"]
+    print(f"{'method':<38} {'cores':>5} {'seconds':>8} {'left rows/s':>12} {'per core':>9} {'vs Spark':>9} "
+          f"{'CPU s':>7} {'rows/CPU s':>10} {'vs Spark':>9} {'complete':>9} {'pure':>9} {'= Spark':>8}")
+    cores = {"spark": spark_cores(args.master), "astropy": 1, "lsdb": os.cpu_count()}  # dask: a thread per core
     for name, label in (("spark", f"Spark job, {args.master}"), ("astropy", "astropy match_coordinates_sky, 1 core"),
                         ("lsdb", "LSDB crossmatch (dask)")):
         res = results.get(name, {})
@@ -200,10 +235,13 @@ def report(results: dict, truth: np.ndarray, args) -> None:
             print(f"{label:<38} skipped: {res.get('error', 'not run')}")
             continue
         rate = args.left_rows / res["seconds"]
+        per_core = rate / cores[name]
         completeness, purity = quality(res["match"], truth)
         agree = np.mean(res["match"] == results["spark"]["match"])
-        print(f"{label:<38} {res['seconds']:8.1f} {rate:12,.0f} {rate / spark_rate:8.2f}x "
-              f"{100 * completeness:8.3f}% {100 * purity:8.3f}% {100 * agree:7.3f}%")
+        per_cpu = args.left_rows / res["cpu_seconds"]
+        print(f"{label:<38} {cores[name]:5d} {res['seconds']:8.1f} {rate:12,.0f} {per_core:9,.0f} "
+              f"{per_core / spark_per_core:8.2f}x {res['cpu_seconds']:7.1f} {per_cpu:10,.0f} "
+              f"{per_cpu / spark_per_cpu:8.2f}x {100 * completeness:8.3f}% {100 * purity:8.3f}% {100 * agree:7.3f}%")
     print(f"Spark JVM start (not counted): {results['spark']['jvm_seconds']:.1f} s")
     if "margin_seconds" in results.get("lsdb", {}):
         print(f"LSDB {results['lsdb']['version']}: right margin cache build (not counted, a one-off at import "

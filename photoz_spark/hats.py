@@ -21,10 +21,12 @@ a shared filesystem on a cluster).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,8 +43,15 @@ PROPERTIES_FILE = "properties"
 PARTITION_INFO_FILE = "partition_info.csv"
 DATASET_DIR = "dataset"
 COLUMNS_KEY = "photoz_columns"
-_COUNTS_SCHEMA = pa.schema([("Npix", pa.int64()), ("n_rows", pa.int64())])
-_COUNTS_DDL = "Npix long, n_rows long"  # the same, as Spark wants it
+# Rows per Parquet row group: 10^5-10^6 keeps footers small (~3 kB per row group) and reads long.
+ROW_GROUP_ROWS = 262_144
+# ``dataset/_metadata`` (every row group's statistics, built on the driver) only up to this many
+# row groups (~30 MB); bigger catalogs get ``_common_metadata`` only, as hats-import allows.
+METADATA_MAX_ROW_GROUPS = 10_000
+# A write task's report: one row per file it wrote, and a totals row (Npix -1) with its statistics.
+_TASK_SCHEMA = pa.schema([("Npix", pa.int64()), ("n_rows", pa.int64()), ("n_bytes", pa.int64()),
+                          ("n_row_groups", pa.int64()), ("stats", pa.string())])
+_TASK_DDL = "Npix long, n_rows long, n_bytes long, n_row_groups long, stats string"  # the same, for Spark
 
 
 # --- HEALPix indices -------------------------------------------------------------------------
@@ -106,16 +115,23 @@ class _PixelFileWriter:
     """Writes batches sorted by ``_healpix_29`` into one Parquet file per pixel.
 
     Rows arrive in index order, so each pixel is one contiguous run: a file is opened when the
-    run starts and closed when it ends, and memory stays at one batch whatever the data size.
+    run starts and closed when it ends. Batches are gathered into row groups of
+    ``ROW_GROUP_ROWS`` (small upstream batches would otherwise make thousands of tiny row groups,
+    each ~3 kB of footer), so memory stays at one row group whatever the data size.
     """
 
-    def __init__(self, dataset_dir: str | Path, order: int):
+    def __init__(self, dataset_dir: str | Path, order: int, row_group_rows: int | None = None):
         self.dataset_dir = Path(dataset_dir)
         self.order = order
+        self.row_group_rows = row_group_rows or ROW_GROUP_ROWS
         self.counts: dict[int, int] = {}
+        self.n_bytes = 0
+        self.n_row_groups = 0
         self._npix: int | None = None
         self._writer: pq.ParquetWriter | None = None
         self._tmp: Path | None = None
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Append a batch, splitting it at pixel boundaries."""
@@ -124,8 +140,11 @@ class _PixelFileWriter:
         for lo, hi in itertools.pairwise(bounds):
             if hi > lo:
                 self._switch_to(int(npix[lo]), batch.schema)
-                self._writer.write_batch(batch.slice(lo, hi - lo))
+                self._pending.append(batch.slice(lo, hi - lo))
+                self._pending_rows += hi - lo
                 self.counts[self._npix] += hi - lo
+                if self._pending_rows >= self.row_group_rows:
+                    self._flush()
 
     def close(self) -> dict[int, int]:
         """Finish the open file; returns Npix -> rows written."""
@@ -157,46 +176,93 @@ class _PixelFileWriter:
         self._writer = pq.ParquetWriter(self._tmp, schema)
         self._npix, self.counts[npix] = npix, 0
 
+    def _flush(self) -> None:
+        if self._pending_rows:
+            self._writer.write_table(pa.Table.from_batches(self._pending), row_group_size=self._pending_rows)
+            self.n_row_groups += 1
+        self._pending, self._pending_rows = [], 0
+
     def _finish(self) -> None:
         if self._writer is None:
             return
+        self._flush()
         self._writer.close()
-        os.replace(self._tmp, self.dataset_dir / pixel_relpath(self.order, self._npix))
+        final = self.dataset_dir / pixel_relpath(self.order, self._npix)
+        os.replace(self._tmp, final)
+        self.n_bytes += final.stat().st_size
         self._writer = self._tmp = None
 
 
 def _write_pixel_files(batches: Iterable[pa.RecordBatch], dataset_dir: str | Path,
-                       order: int) -> dict[int, int]:
-    """Write index-sorted batches as one file per pixel; returns Npix -> rows."""
+                       order: int) -> _PixelFileWriter:
+    """Write index-sorted batches as one file per pixel; returns the closed writer (counts, bytes)."""
     writer = _PixelFileWriter(dataset_dir, order)
     for batch in batches:
         writer.write(batch)
-    return writer.close()
+    writer.close()
+    return writer
+
+
+@dataclass
+class _Written:
+    """What the tasks wrote, as they report it: the driver never re-reads the data files."""
+
+    counts: dict[int, int]  # Npix -> rows
+    n_bytes: int = 0
+    n_row_groups: int = 0
+    stats: dict = field(default_factory=dict)  # task statistics, summed
+
+    @classmethod
+    def of(cls, writer: _PixelFileWriter) -> _Written:
+        return cls(dict(writer.counts), writer.n_bytes, writer.n_row_groups)
+
+
+def _task_report(writer: _PixelFileWriter, stats: dict | None = None) -> pa.RecordBatch:
+    """A task's answer: one (Npix, n_rows) row per file it wrote and a totals row (Npix -1)."""
+    pixels = list(writer.counts)
+    return pa.RecordBatch.from_pydict({
+        "Npix": [*pixels, -1], "n_rows": [*writer.counts.values(), 0],
+        "n_bytes": [0] * len(pixels) + [writer.n_bytes], "n_row_groups": [0] * len(pixels) + [writer.n_row_groups],
+        "stats": [""] * len(pixels) + [json.dumps(stats or {})]}, schema=_TASK_SCHEMA)
+
+
+def _collect_reports(rows) -> _Written:
+    """Sum the tasks' reports; a pixel reported twice would mean two files for it: never commit that."""
+    written = _Written({})
+    for row in rows:
+        if row.Npix < 0:
+            written.n_bytes += row.n_bytes
+            written.n_row_groups += row.n_row_groups
+            for key, value in json.loads(row.stats).items():
+                written.stats[key] = written.stats.get(key, 0) + value
+        elif row.Npix in written.counts:
+            raise RuntimeError(f"pixel {row.Npix} was written by two tasks")
+        else:
+            written.counts[row.Npix] = row.n_rows
+    return written
 
 
 # --- catalog-level metadata ------------------------------------------------------------------
 
-def _write_parquet_metadata(dataset_dir: Path, order: int, pixels: list[int],
-                            fallback_schema: pa.Schema) -> None:
-    """Write ``_common_metadata`` (schema) and ``_metadata`` (schema + all row groups)."""
+def _write_parquet_metadata(dataset_dir: Path, order: int, pixels: list[int], fallback_schema: pa.Schema,
+                            with_row_groups: bool) -> None:
+    """Write ``_common_metadata`` (schema) and, if asked, ``_metadata`` (schema + all row groups)."""
+    schema = pq.read_schema(dataset_dir / pixel_relpath(order, pixels[0])) if pixels else fallback_schema
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_metadata(schema, dataset_dir / "_common_metadata")
+    if not with_row_groups:
+        return
     collected = []
     for npix in pixels:  # sorted: HATS lists row groups in pixel order
         meta = pq.read_metadata(dataset_dir / pixel_relpath(order, npix))
         meta.set_file_path(pixel_relpath(order, npix))
         collected.append(meta)
-    schema = pq.read_schema(dataset_dir / pixel_relpath(order, pixels[0])) if pixels else fallback_schema
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_metadata(schema, dataset_dir / "_common_metadata")
     pq.write_metadata(schema, dataset_dir / "_metadata", metadata_collector=collected)
 
 
 def _write_partition_info(catalog_dir: Path, order: int, pixels: list[int]) -> None:
     lines = ["Norder,Npix", *(f"{order},{npix}" for npix in pixels)]
     (catalog_dir / PARTITION_INFO_FILE).write_text("\n".join(lines) + "\n")
-
-
-def _dir_size_kib(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) // 1024
 
 
 def _property_value(key: str, value) -> str:
@@ -208,8 +274,8 @@ def _property_value(key: str, value) -> str:
     return text
 
 
-def _properties(catalog_dir: Path, *, catalog_name: str, order: int, ra_col: str, dec_col: str,
-                counts: dict[int, int], columns: list[str], extra: dict | None) -> dict[str, str]:
+def _properties(*, catalog_name: str, order: int, ra_col: str, dec_col: str,
+                counts: dict[int, int], columns: list[str], extra: dict | None, size_kib: int) -> dict[str, str]:
     """The ``properties`` key/values, HATS v1.0 names plus ``photoz_columns`` and ``extra``."""
     n_pixels = 12 * 4**order
     props = {
@@ -226,7 +292,7 @@ def _properties(catalog_dir: Path, *, catalog_name: str, order: int, ra_col: str
         "moc_sky_fraction": f"{len(counts) / n_pixels:0.5f}",
         "hats_builder": f"photoz-spark v{__version__}",
         "hats_creation_date": datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M%Z"),
-        "hats_estsize": _dir_size_kib(catalog_dir),
+        "hats_estsize": size_kib,
         "hats_release_date": "2025-08-22",
         "hats_version": "v1.0",
         COLUMNS_KEY: ",".join(columns),
@@ -287,20 +353,21 @@ def _check_columns(columns: list[str], h29_type: str | None, *, ra_col: str, dec
         raise ValueError(f"{HEALPIX_COLUMN} must be int64 (Spark: bigint), got {h29_type}")
 
 
-def _write_catalog(path, write_pixels: Callable[[Path], dict[int, int]], *, order: int,
+def _write_catalog(path, write_pixels: Callable[[Path], _Written], *, order: int,
                    ra_col: str, dec_col: str, catalog_name: str, extra_properties: dict | None,
                    columns: list[str], fallback_schema: pa.Schema) -> dict:
     """Stage a catalog with ``write_pixels`` and the driver-side metadata, then commit it.
 
     Args:
         path: the catalog folder to create or replace.
-        write_pixels: writes the data files under the given dataset folder; returns Npix -> rows.
+        write_pixels: writes the data files under the given dataset folder; returns what it wrote.
         order, ra_col, dec_col, catalog_name, extra_properties: see ``write_hats``.
         columns: the data files' column names, in order.
         fallback_schema: the schema to record when there are no rows.
 
     Returns:
-        Summary dict: path, n_rows, n_partitions, order.
+        Summary dict: path, n_rows, n_partitions, order, n_row_groups, stats (the tasks' statistics
+        summed; empty unless the writer reports some).
     """
     target = Path(path).absolute()
     _check_target(target)
@@ -309,18 +376,24 @@ def _write_catalog(path, write_pixels: Callable[[Path], dict[int, int]], *, orde
     staging = target.with_name(f".{target.name}.staging-{uuid.uuid4().hex}")
     try:
         (staging / DATASET_DIR / f"Norder={order}").mkdir(parents=True)
-        counts = write_pixels(staging / DATASET_DIR)
+        written = write_pixels(staging / DATASET_DIR)
+        counts = written.counts
         pixels = sorted(counts)
-        _write_parquet_metadata(staging / DATASET_DIR, order, pixels, fallback_schema)
+        # The row-group index is ~3 kB per row group, read from every footer by the driver: only
+        # below a cap (hats-import also leaves it out of big catalogs); readers do without it.
+        _write_parquet_metadata(staging / DATASET_DIR, order, pixels, fallback_schema,
+                                with_row_groups=written.n_row_groups <= METADATA_MAX_ROW_GROUPS)
         _write_partition_info(staging, order, pixels)
-        props = _properties(staging, catalog_name=catalog_name, order=order, ra_col=ra_col,
-                            dec_col=dec_col, counts=counts, columns=columns, extra=extra_properties)
+        props = _properties(catalog_name=catalog_name, order=order, ra_col=ra_col,
+                            dec_col=dec_col, counts=counts, columns=columns, extra=extra_properties,
+                            size_kib=written.n_bytes // 1024)
         _write_properties(staging, props)
         _commit(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"path": str(target), "n_rows": sum(counts.values()), "n_partitions": len(pixels), "order": order}
+    return {"path": str(target), "n_rows": sum(counts.values()), "n_partitions": len(pixels), "order": order,
+            "n_row_groups": written.n_row_groups, "stats": written.stats}
 
 
 # --- public writers and readers --------------------------------------------------------------
@@ -339,46 +412,55 @@ def write_hats_table(table: pa.Table, path, *, order: int, ra_col: str, dec_col:
         extra_properties: more ``properties`` keys (may not override computed ones).
 
     Returns:
-        Summary dict: path, n_rows, n_partitions, order.
+        Summary dict: path, n_rows, n_partitions, order, n_row_groups.
     """
     h29_type = str(table.schema.field(HEALPIX_COLUMN).type) if HEALPIX_COLUMN in table.column_names else None
     _check_columns(table.column_names, h29_type, ra_col=ra_col, dec_col=dec_col, order=order)
     ordered = table.sort_by(HEALPIX_COLUMN)
     return _write_catalog(
-        path, lambda dataset_dir: _write_pixel_files(ordered.to_batches(), dataset_dir, order),
+        path, lambda dataset_dir: _Written.of(_write_pixel_files(ordered.to_batches(), dataset_dir, order)),
         order=order, ra_col=ra_col, dec_col=dec_col, catalog_name=catalog_name,
         extra_properties=extra_properties, columns=table.column_names, fallback_schema=table.schema,
     )
 
 
 def _executor_writer(dataset_dir: str, order: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator]:
-    """The ``mapInArrow`` function: write a partition's pixels, yield (Npix, n_rows) rows."""
+    """The ``mapInArrow`` function: write a partition's pixels, yield its report (``_task_report``)."""
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        counts = _write_pixel_files(batches, dataset_dir, order)
-        yield pa.RecordBatch.from_pydict(
-            {"Npix": list(counts), "n_rows": list(counts.values())}, schema=_COUNTS_SCHEMA
-        )
+        yield _task_report(_write_pixel_files(batches, dataset_dir, order))
 
     return write
 
 
-def _spark_pixel_writer(df, order: int) -> Callable[[Path], dict[int, int]]:
+def write_parallelism(df) -> int:
+    """How many tasks ``write_hats`` writes with: from the data and the cluster, never a fixed number.
+
+    The input's own partitions are sized from its bytes (Spark's file sources cut ~128 MB splits;
+    generated frames choose theirs from their rows), so keeping at least that many tasks keeps
+    each task's share of rows bounded as the catalog grows; at least two per core keeps every
+    core busy while the biggest pixels finish.
+
+    Args:
+        df: the DataFrame to write.
+
+    Returns:
+        The number of write tasks (>= 1).
+    """
+    cores = df.sparkSession.sparkContext.defaultParallelism
+    return max(2 * cores, df.rdd.getNumPartitions(), 1)
+
+
+def _spark_pixel_writer(df, order: int) -> Callable[[Path], _Written]:
     """Partition ``df`` by pixel and write its files from the executors."""
     from pyspark.sql import functions as F
 
-    def write_pixels(dataset_dir: Path) -> dict[int, int]:
+    def write_pixels(dataset_dir: Path) -> _Written:
         npix = F.shiftright(F.col(HEALPIX_COLUMN), 2 * (HEALPIX_ORDER - order))
         # Hash-partitioning on the pixel puts all of a pixel's rows in one task; sorting by the
         # index inside the task makes each pixel one contiguous run (one file, streamed).
-        ordered = df.repartition(npix).sortWithinPartitions(HEALPIX_COLUMN)
-        rows = ordered.mapInArrow(_executor_writer(str(dataset_dir), order), _COUNTS_DDL).collect()
-        counts: dict[int, int] = {}
-        for row in rows:
-            if row.Npix in counts:  # would mean two files for one pixel: never commit that
-                raise RuntimeError(f"pixel {row.Npix} was written by two tasks")
-            counts[row.Npix] = row.n_rows
-        return counts
+        ordered = df.repartition(write_parallelism(df), npix).sortWithinPartitions(HEALPIX_COLUMN)
+        return _collect_reports(ordered.mapInArrow(_executor_writer(str(dataset_dir), order), _TASK_DDL).collect())
 
     return write_pixels
 
@@ -386,6 +468,10 @@ def _spark_pixel_writer(df, order: int) -> Callable[[Path], dict[int, int]]:
 def write_hats(df, path, *, order: int, ra_col: str, dec_col: str, catalog_name: str,
                extra_properties: dict | None = None) -> dict:
     """Write a Spark DataFrame as a HATS catalog, one file per non-empty pixel, from the executors.
+
+    The number of write tasks follows the data and the cluster (``write_parallelism``); each
+    task reports its files' rows and bytes, so the driver reads no data file back (``_metadata``
+    only below ``METADATA_MAX_ROW_GROUPS``).
 
     Args:
         df: a Spark DataFrame with a long ``_healpix_29`` column.
@@ -398,7 +484,7 @@ def write_hats(df, path, *, order: int, ra_col: str, dec_col: str, catalog_name:
         extra_properties: more ``properties`` keys (may not override computed ones).
 
     Returns:
-        Summary dict: path, n_rows, n_partitions, order.
+        Summary dict: path, n_rows, n_partitions, order, n_row_groups, stats.
     """
     from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -410,33 +496,132 @@ def write_hats(df, path, *, order: int, ra_col: str, dec_col: str, catalog_name:
     )
 
 
-def _source_pixels(catalog: Path) -> list[tuple[int, str]]:
-    """(Npix, data file relative to ``dataset/``) of every pixel, biggest file first."""
+def partition_pixels(path) -> tuple[int, np.ndarray]:
+    """A catalog's partition order and its pixels (sorted), from ``partition_info.csv``.
+
+    Args:
+        path: the catalog folder.
+
+    Returns:
+        (hats_order, int64 array of Npix).
+    """
+    catalog = _require_catalog(path)
     order = int(read_properties(catalog)["hats_order"])
     npixs = [int(line.split(",")[1]) for line in (catalog / PARTITION_INFO_FILE).read_text().split()[1:]]
-    pixels = [(npix, pixel_relpath(order, npix)) for npix in npixs]
-    return sorted(pixels, key=lambda px: -(catalog / DATASET_DIR / px[1]).stat().st_size)
+    return order, np.array(sorted(npixs), dtype=np.int64)
 
 
-def _executor_mapper(source_dataset: str, dataset_dir: str, order: int, fn, columns: list[str],
-                     batch_size: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator]:
-    """The ``mapInArrow`` function of ``map_hats``: map each listed source pixel into its output file."""
+def _tasks(catalog: Path, group_order: int) -> list[tuple[int, str]]:
+    """The tasks of ``map_pixels``: (group pixel, JSON list of [Npix, file]), biggest first.
+
+    A task is all source pixels inside one pixel at ``group_order`` (one source pixel when that is
+    the source's order), so that each output file is written by one task.
+    """
+    order, npixs = partition_pixels(catalog)
+    shift = 2 * max(0, order - group_order)
+    groups: dict[int, list[list]] = {}
+    for npix in npixs.tolist():
+        groups.setdefault(npix >> shift, []).append([npix, pixel_relpath(order, npix)])
+
+    def size(files):
+        return sum((catalog / DATASET_DIR / f).stat().st_size for _, f in files)
+
+    ordered = sorted(groups.items(), key=lambda item: -size(item[1]))
+    return [(key, json.dumps(files)) for key, files in ordered]
+
+
+def _executor_pixel_mapper(source_dataset: str, dataset_dir: str, source_order: int, out_order: int,
+                           process) -> Callable[[Iterator[pa.RecordBatch]], Iterator]:
+    """The ``mapInArrow`` function of ``map_pixels``: each task's source pixels into its output files."""
 
     def run(tasks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        counts: dict[int, int] = {}
         for task in tasks:
-            for npix, relpath in zip(task.column("Npix").to_pylist(), task.column("path").to_pylist()):
-                source = pq.ParquetFile(Path(source_dataset) / relpath)
-                written = _write_pixel_files(fn(source.iter_batches(batch_size=batch_size, columns=columns)),
-                                             dataset_dir, order)
-                if set(written) - {npix}:  # another task may be writing that pixel: never commit it
-                    raise ValueError(f"the mapped rows of pixel {npix} fall in pixels {sorted(written)}: "
-                                     f"map_hats functions must keep {HEALPIX_COLUMN}")
-                counts.update(written)
-        yield pa.RecordBatch.from_pydict({"Npix": list(counts), "n_rows": list(counts.values())},
-                                         schema=_COUNTS_SCHEMA)
+            for files in task.column("files").to_pylist():
+                writer, stats = _PixelFileWriter(dataset_dir, out_order), {}
+                for npix, relpath in json.loads(files):
+                    before = set(writer.counts)
+                    for batch in process(npix, str(Path(source_dataset) / relpath), stats):
+                        writer.write(batch)
+                    moved = [p for p in set(writer.counts) - before
+                             if not _within(p, out_order, npix, source_order)]
+                    if moved:  # another task may be writing that pixel: never commit it
+                        writer.close()
+                        raise ValueError(f"the mapped rows of pixel {npix} fall in pixels {sorted(moved)}: "
+                                         f"map_hats functions must keep {HEALPIX_COLUMN}")
+                writer.close()
+                yield _task_report(writer, stats)
 
     return run
+
+
+def _within(npix: int, order: int, source_npix: int, source_order: int) -> bool:
+    """Whether pixel ``npix`` at ``order`` overlaps source pixel ``source_npix`` at ``source_order``."""
+    if order >= source_order:
+        return npix >> 2 * (order - source_order) == source_npix
+    return source_npix >> 2 * (source_order - order) == npix
+
+
+def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator[pa.RecordBatch]], *,
+               schema: pa.Schema, catalog_name: str, order: int | None = None,
+               task_order: int | None = None, extra_properties: dict | None = None) -> dict:
+    """Write a catalog whose every pixel is computed from the same sky area of ``source``: no shuffle.
+
+    One Spark task per source pixel (or per pixel at ``task_order``, or per output pixel if
+    ``order`` is coarser than the source's) calls ``process`` for each of its source pixels in
+    Npix order and streams what it yields into the output files, so rows go from
+    disk to disk without a trip through the JVM or a shuffle. Tasks are queued biggest first, so
+    the small pixels fill the cores at the end; each reports its files' rows and bytes and the
+    statistics ``process`` counted, so the driver reads nothing back.
+
+    Args:
+        spark: the SparkSession.
+        source: a HATS catalog folder, visible to every executor.
+        path: the output catalog folder; replaced only once the new catalog is complete.
+        process: runs on the executors, once per source pixel, with (Npix, the pixel's data file,
+            a dict of statistics to add integers to); yields batches of ``schema`` sorted by
+            ``_healpix_29`` and inside that pixel. Pixels of a task are processed in Npix order.
+        schema: the output schema (recorded even when there are no rows).
+        catalog_name: recorded as ``obs_collection``.
+        order: the output's HEALPix order; None: the source's.
+        task_order: group the source pixels of each pixel at this (coarser) order into one task;
+            None: one task per source pixel.
+        extra_properties: more ``properties`` keys (may not override computed ones).
+
+    Returns:
+        Summary dict: path, n_rows, n_partitions, order, n_row_groups, stats (summed over tasks).
+
+    Raises:
+        ValueError: ``schema`` lacks the coordinates or ``_healpix_29``.
+    """
+    catalog = _require_catalog(source)
+    props = read_properties(catalog)
+    source_order, ra_col, dec_col = int(props["hats_order"]), props["hats_col_ra"], props["hats_col_dec"]
+    out_order = source_order if order is None else order
+    h29 = schema.field(HEALPIX_COLUMN) if HEALPIX_COLUMN in schema.names else None
+    _check_columns(schema.names, str(h29.type) if h29 else None, ra_col=ra_col, dec_col=dec_col, order=out_order)
+    tasks = _tasks(catalog, min(out_order, source_order if task_order is None else task_order))
+
+    def write_pixels(dataset_dir: Path) -> _Written:
+        if not tasks:
+            return _Written({})
+        # One partition per task, in list order (Spark schedules partitions in index order).
+        frame = spark.sparkContext.parallelize(tasks, len(tasks)).toDF("Npix long, files string")
+        mapper = _executor_pixel_mapper(str(catalog / DATASET_DIR), str(dataset_dir), source_order, out_order,
+                                        process)
+        return _collect_reports(frame.mapInArrow(mapper, _TASK_DDL).collect())
+
+    return _write_catalog(path, write_pixels, order=out_order, ra_col=ra_col, dec_col=dec_col,
+                          catalog_name=catalog_name, extra_properties=extra_properties,
+                          columns=schema.names, fallback_schema=schema)
+
+
+def _pixel_file_reader(fn, columns: list[str], batch_size: int):
+    """``map_hats``' ``process``: ``fn`` of the pixel file's batches."""
+
+    def process(npix: int, path: str, stats: dict) -> Iterator[pa.RecordBatch]:
+        return fn(pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns))
+
+    return process
 
 
 def map_hats(spark, source, path, fn: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]], *,
@@ -444,11 +629,8 @@ def map_hats(spark, source, path, fn: Callable[[Iterator[pa.RecordBatch]], Itera
              extra_properties: dict | None = None) -> dict:
     """Write a catalog whose every pixel is ``fn`` of the same pixel of ``source``: no shuffle.
 
-    One Spark task per source pixel reads its file with pyarrow in batches, passes them through
-    ``fn`` and streams the result into the output file of the same pixel, so rows go from disk
-    to disk without a trip through the JVM or a shuffle (``write_hats`` repartitions and sorts).
-    Tasks are queued biggest file first, so the small pixels fill the cores at the end. A
-    catalog with fewer pixels than cores leaves cores idle.
+    ``map_pixels`` with one task per source pixel that reads its file with pyarrow in batches
+    and passes them through ``fn``. A catalog with fewer pixels than cores leaves cores idle.
 
     Args:
         spark: the SparkSession.
@@ -464,36 +646,17 @@ def map_hats(spark, source, path, fn: Callable[[Iterator[pa.RecordBatch]], Itera
         extra_properties: more ``properties`` keys (may not override computed ones).
 
     Returns:
-        Summary dict: path, n_rows, n_partitions, order.
+        Summary dict: path, n_rows, n_partitions, order, n_row_groups, stats.
 
     Raises:
         ValueError: ``columns`` not all in ``source``, or ``schema`` lacks the coordinates.
     """
     catalog = _require_catalog(source)
-    props = read_properties(catalog)
-    order, ra_col, dec_col = int(props["hats_order"]), props["hats_col_ra"], props["hats_col_dec"]
-    have = read_schema(catalog).names
-    missing = [c for c in columns if c not in have]
+    missing = [c for c in columns if c not in read_schema(catalog).names]
     if missing:
         raise ValueError(f"{catalog} lacks columns {', '.join(missing)}")
-    h29 = schema.field(HEALPIX_COLUMN) if HEALPIX_COLUMN in schema.names else None
-    _check_columns(schema.names, str(h29.type) if h29 else None, ra_col=ra_col, dec_col=dec_col, order=order)
-    pixels = _source_pixels(catalog)
-
-    def write_pixels(dataset_dir: Path) -> dict[int, int]:
-        if not pixels:
-            return {}
-        # One partition per pixel, in list order (Spark schedules partitions in index order).
-        tasks = spark.sparkContext.parallelize(pixels, len(pixels)).toDF("Npix long, path string")
-        mapper = _executor_mapper(str(catalog / DATASET_DIR), str(dataset_dir), order, fn, list(columns), batch_size)
-        counts: dict[int, int] = {}
-        for row in tasks.mapInArrow(mapper, _COUNTS_DDL).collect():
-            counts[row.Npix] = row.n_rows
-        return counts
-
-    return _write_catalog(path, write_pixels, order=order, ra_col=ra_col, dec_col=dec_col,
-                          catalog_name=catalog_name, extra_properties=extra_properties,
-                          columns=schema.names, fallback_schema=schema)
+    return map_pixels(spark, catalog, path, _pixel_file_reader(fn, list(columns), batch_size), schema=schema,
+                      catalog_name=catalog_name, extra_properties=extra_properties)
 
 
 def read_properties(path) -> dict[str, str]:

@@ -18,7 +18,7 @@ from photoz_spark.jobs import simulate_sky
 
 REGISTRY = load_bands()
 ORDER = 4          # partition order of the constructed catalogs
-JOIN_ORDER = 13    # auto order for 1.5 arcsec
+JOIN_ORDER = 13    # auto margin order for 1.5 arcsec
 ARCSEC = 1 / 3600.0
 
 
@@ -61,40 +61,64 @@ def test_auto_join_order_is_the_finest_with_pixels_ten_radii_wide():
         geometry.auto_join_order(3 * 3600.0 * 3)
 
 
-def test_search_pixels_own_pixel_first_distinct_and_minus_one_dropped():
-    # Order-1 pixel 20 touches a vertex where only 3 base pixels meet: 7 neighbours.
-    rows, pixels = geometry.search_pixels(np.array([20 << 56, 3 << 56], dtype=np.int64), 1)
-    assert rows.tolist() == [0] * 8 + [1] * 9
-    assert pixels[0] == 20 and pixels[8] == 3 and -1 not in pixels
-    rng = np.random.default_rng(4)
-    h29 = rng.integers(0, 12 * 4**29, 5000)
-    rows, pixels = geometry.search_pixels(h29, JOIN_ORDER)
-    assert np.all(np.bincount(rows) >= 8)
-    assert len(set(zip(rows.tolist(), pixels.tolist(), strict=True))) == len(rows)  # no pixel twice per row
-    np.testing.assert_array_equal(pixels[np.r_[0, np.flatnonzero(np.diff(rows)) + 1]], h29 >> 2 * (29 - JOIN_ORDER))
+def _displace(ra, dec, arcsec, angle):
+    """Unit vectors of points moved ``arcsec`` along great circles in direction ``angle``."""
+    v = geometry.unit_vectors(ra, dec)
+    east = np.stack([-np.sin(np.radians(ra)), np.cos(np.radians(ra)), np.zeros(len(ra))], 1)
+    north = np.cross(v, east)
+    step = np.radians(arcsec * ARCSEC)[:, None]
+    w = v * np.cos(step) + (np.cos(angle)[:, None] * east + np.sin(angle)[:, None] * north) * np.sin(step)
+    return w / np.linalg.norm(w, axis=1)[:, None]
 
 
+@pytest.mark.parametrize("left_order, margin_order", [(4, 10), (2, 13), (6, 6), (8, 5), (3, 20)])
 @pytest.mark.parametrize("dec_range", [(-90, 90), (89.0, 90.0), (-90.0, -89.0), (41.0, 42.5)])
-def test_search_pixels_cover_every_counterpart_within_half_a_pixel(dec_range):
-    """Counterparts up to 5x farther than any radius the join order allows are in the 9 pixels
-    (41.8 deg: the latitude of the vertices with 7 neighbours)."""
+def test_search_region_holds_every_counterpart_near_the_pixel(left_order, margin_order, dec_range):
+    """Counterparts up to half a margin pixel away (5x the largest radius of that margin order) are
+    inside the region of the left row's pixel: at pixel edges and corners, at the poles, across RA 0
+    and at 41.8 deg (the 8 vertices where a pixel has 7 neighbours)."""
     rng = np.random.default_rng(5)
-    n, order = 20000, 10
+    n = 1000
     ra = rng.uniform(0, 360, n)
     dec = np.degrees(np.arcsin(rng.uniform(*np.sin(np.radians(dec_range)), n)))
-    step = 0.5 * geometry.pixel_size_arcsec(order) * ARCSEC * rng.uniform(0, 1, n)
-    angle = rng.uniform(0, 2 * np.pi, n)
-    # Move each point along a great circle: rotate its unit vector towards a tangent direction.
-    v = geometry.unit_vectors(ra, dec)
-    east = np.stack([-np.sin(np.radians(ra)), np.cos(np.radians(ra)), np.zeros(n)], 1)
-    north = np.cross(v, east)
-    w = v * np.cos(np.radians(step))[:, None] + (np.cos(angle)[:, None] * east + np.sin(angle)[:, None] * north) \
-        * np.sin(np.radians(step))[:, None]
-    right_pix = hp.vec2pix(2**order, w[:, 0], w[:, 1], w[:, 2], nest=True)
-    rows, pixels = geometry.search_pixels(hats.healpix29(ra, dec), order)
-    found = np.zeros(n, dtype=bool)
-    found[rows[pixels == right_pix[rows]]] = True
-    assert found.all()
+    # Half the rows sit just inside a corner of their pixel (the worst case for a margin).
+    half = n // 2
+    pixels = hp.ang2pix(2**left_order, ra[:half], dec[:half], nest=True, lonlat=True)
+    corners = hp.boundaries(2**left_order, pixels, step=1, nest=True)  # (half, 3, 4)
+    corner = corners[np.arange(half), :, rng.integers(0, 4, half)]
+    centre = np.array(hp.pix2vec(2**left_order, pixels, nest=True)).T
+    inside = corner + 1e-7 * (centre - corner)
+    ra[:half], dec[:half] = hp.vec2ang(inside / np.linalg.norm(inside, axis=1)[:, None], lonlat=True)
+    reach = geometry.pixel_size_arcsec(min(margin_order, left_order + geometry.MAX_MARGIN_DEPTH))
+    w = _displace(ra, dec, 0.5 * reach * rng.uniform(0, 1, n), rng.uniform(0, 2 * np.pi, n))
+    right_h29 = hats.healpix29(*hp.vec2ang(w, lonlat=True))
+    left_pix = hats.pixel_at_order(hats.healpix29(ra, dec), left_order)
+    assert (left_pix != hats.pixel_at_order(right_h29, left_order)).mean() > 0.3  # many cross a border
+    for npix in np.unique(left_pix):
+        rows = np.flatnonzero(left_pix == npix)
+        lo, hi = geometry.search_region(int(npix), left_order, margin_order)
+        assert geometry.in_region(right_h29[rows], lo, hi).all(), (npix, ra[rows], dec[rows])
+
+
+def test_search_region_is_the_pixel_and_a_thin_ring():
+    lo, hi = geometry.search_region(5, 2, 8)
+    assert np.all(lo[1:] > hi[:-1])  # sorted and disjoint
+    assert any(a <= 5 << 54 and 6 << 54 <= b for a, b in zip(lo, hi, strict=True))
+    area = (hi - lo).sum() / 4**27  # in order-2 pixels
+    assert 1.0 < area < 1.1  # the pixel plus a ring one order-8 pixel wide (~4 x 64 of 4096)
+    # Pixels of catalogs at other orders that overlap it: coarser and finer.
+    assert geometry.pixels_in_region(np.arange(48), 1, lo, hi).tolist() == sorted(
+        {5 >> 2, *(int(p) >> 2 for p in hp.get_all_neighbours(4, 5, nest=True) if p >= 0)})
+    finer = geometry.pixels_in_region(np.arange(12 * 4**3), 3, lo, hi)
+    assert set(range(20, 24)) <= set(finer.tolist()) and len(finer) <= 4 + 4 * 2 + 4
+    # sorted_region_rows is in_region for sorted indices.
+    h29 = np.sort(np.random.default_rng(2).integers(0, 12 * 4**29, 100_000))
+    np.testing.assert_array_equal(geometry.sorted_region_rows(h29, lo, hi),
+                                  np.flatnonzero(geometry.in_region(h29, lo, hi)))
+    # A margin order coarser than the pixel: the enclosing pixel and its neighbours.
+    lo, hi = geometry.search_region(5 << 8, 6, 2)
+    assert geometry.pixels_in_region(np.arange(192), 2, lo, hi).tolist() == sorted(
+        [5, *(p for p in hp.get_all_neighbours(4, 5, nest=True).tolist() if p >= 0)])
 
 
 # --- constructed edge cases ------------------------------------------------------------------
@@ -182,7 +206,7 @@ def _write_edge_catalogs(workdir):
     return expect
 
 
-def _write_right(workdir, name, ids, ra_deg, dec_deg, drop=(), **override):
+def _write_right(workdir, name, ids, ra_deg, dec_deg, drop=(), order=ORDER, **override):
     spec = REGISTRY.catalogs[name]
     cols = {spec.id: ids.astype(np.int64), spec.ra: ra_deg, spec.dec: dec_deg}
     for i, band in enumerate(REGISTRY.catalog_bands(name)):  # fluxes that tell which row they came from
@@ -191,7 +215,7 @@ def _write_right(workdir, name, ids, ra_deg, dec_deg, drop=(), **override):
     cols["_healpix_29"] = hats.healpix29(ra_deg, dec_deg)
     cols.update(override)
     table = pa.table({k: v for k, v in cols.items() if k not in drop})
-    hats.write_hats_table(table, workdir / "catalogs" / name, order=ORDER, ra_col=spec.ra, dec_col=spec.dec,
+    hats.write_hats_table(table, workdir / "catalogs" / name, order=order, ra_col=spec.ra, dec_col=spec.dec,
                           catalog_name=name)
 
 
@@ -387,4 +411,76 @@ def test_missing_catalog_named_with_its_path(tmp_path, capsys):
 def test_bad_catalogs_refused_before_any_work(tmp_path, capsys, left_extra, sdss, message):
     _catalogs(tmp_path, left_extra, **sdss)
     assert message in _refused(["--workdir", str(tmp_path), "crossmatch.right=[sdss]"], capsys)
+    assert not (tmp_path / "matched").exists()
+
+
+# --- mixed partition orders, pixel corners, poles, RA wrap -------------------------------------
+
+def _hard_places(rng, orders):
+    """Sky positions where margins matter: pixel corners at each order, both poles, RA 0/360."""
+    places = []
+    for order in orders:
+        pixels = rng.integers(0, 12 * 4**order, 40)
+        corners = hp.boundaries(2**order, pixels, step=1, nest=True)  # (40, 3, 4)
+        places.append(np.transpose(corners, (0, 2, 1)).reshape(-1, 3))
+    places.append(geometry.unit_vectors(rng.uniform(0, 360, 20), np.r_[np.full(10, 89.9998), np.full(10, -89.9998)]))
+    places.append(geometry.unit_vectors(np.r_[np.zeros(10), np.full(10, 359.99999)], rng.uniform(-80, 80, 20)))
+    return np.concatenate(places)
+
+
+@pytest.mark.parametrize("left_order, right_order", [(2, 5), (5, 2)])
+def test_mixed_orders_corners_poles_and_ra_wrap_agree_with_a_tree_row_for_row(spark, tmp_path, left_order,
+                                                                                right_order):
+    """Left and right catalogs partitioned at different orders (each way round), with sources on
+    pixel corners of both orders, at the poles and across RA 0: the same counterparts and
+    candidate counts as a k-d tree over the whole right catalog, for every left row."""
+    rng = np.random.default_rng(11)
+    places = _hard_places(rng, (left_order, right_order))
+    n = len(places)
+    left_xyz = _displace(*hp.vec2ang(places, lonlat=True), rng.uniform(0, 0.8, n), rng.uniform(0, 2 * np.pi, n))
+    lra, ldec = hp.vec2ang(left_xyz, lonlat=True)
+    lra = lra % 360
+    # 0-3 right sources per left row, 0-2.5" away (some outside the radius), on any side of a border.
+    per = rng.integers(0, 4, n)
+    src = np.repeat(np.arange(n), per)
+    right_xyz = _displace(lra[src], ldec[src], rng.uniform(0, 2.5, len(src)), rng.uniform(0, 2 * np.pi, len(src)))
+    rra, rdec = hp.vec2ang(right_xyz, lonlat=True)
+    rra = rra % 360
+    columns = {"THING_ID": np.arange(n, dtype=np.int64), "RA": lra, "DEC": ldec,
+               "_healpix_29": hats.healpix29(lra, ldec)}
+    hats.write_hats_table(pa.table(columns), tmp_path / "catalogs" / "dr16q", order=left_order, ra_col="RA",
+                          dec_col="DEC", catalog_name="dr16q")
+    ids = rng.permutation(len(src)).astype(np.int64) + 1000
+    _write_right(tmp_path, "sdss", ids, rra, rdec, order=right_order)
+    summary = crossmatch_job.main(["--workdir", str(tmp_path), "crossmatch.right=[sdss]"])
+    out = _read(spark, tmp_path / "matched" / "dr16q", ["THING_ID", "sdss_id", "sdss_n_candidates", "sdss_sep_arcsec"])
+    assert summary["rows_in"] == summary["rows_out"] == n and sorted(out["THING_ID"]) == list(range(n))
+
+    tree = cKDTree(geometry.unit_vectors(rra, rdec))
+    lxyz = geometry.unit_vectors(lra, ldec)[out["THING_ID"]]
+    candidates = tree.query_ball_point(lxyz, _chord(1.5))
+    counts = np.array([len(c) for c in candidates])
+    np.testing.assert_array_equal(out["sdss_n_candidates"], counts)
+    _, nearest = tree.query(lxyz)
+    matched = counts > 0
+    np.testing.assert_array_equal(out["sdss_id"][matched], ids[nearest[matched]])
+    np.testing.assert_allclose(out["sdss_sep_arcsec"][matched],
+                               astropy_sep_arcsec(lra[out["THING_ID"]][matched], ldec[out["THING_ID"]][matched],
+                                                  rra[nearest[matched]], rdec[nearest[matched]]), atol=1e-6)
+    assert np.isnan(out["sdss_sep_arcsec"][~matched].astype(float)).all()
+    # Not vacuous: many matches cross a pixel border of each order, some at the poles and RA 0.
+    pairs = [(i, j) for i, c in zip(out["THING_ID"], candidates, strict=True) for j in c]
+    li, rj = np.array(pairs).T
+    lh, rh = hats.healpix29(lra[li], ldec[li]), hats.healpix29(rra[rj], rdec[rj])
+    for order in (left_order, right_order):
+        assert (hats.pixel_at_order(lh, order) != hats.pixel_at_order(rh, order)).sum() >= 10
+    assert (np.abs(ldec[li]) > 89.99).sum() >= 5 and (np.abs(lra[li] - rra[rj]) > 180).sum() >= 1
+
+
+def test_catalog_without_partition_order_refused(tmp_path, capsys):
+    _catalogs(tmp_path)
+    props = tmp_path / "catalogs" / "sdss" / "properties"
+    props.write_text("\n".join(line for line in props.read_text().splitlines() if not line.startswith("hats_order=")))
+    err = _refused(["--workdir", str(tmp_path), "crossmatch.right=[sdss]"], capsys)
+    assert "catalog 'sdss'" in err and "has no hats_order" in err
     assert not (tmp_path / "matched").exists()

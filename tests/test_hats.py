@@ -318,3 +318,50 @@ def test_map_hats_checks_columns_and_maps_empty_catalogs(spark, tmp_path):
     assert summary["n_rows"] == 0 and summary["n_partitions"] == 0
     assert hats.read_schema(tmp_path / "out") == MAPPED_SCHEMA
     assert hats.read_hats(spark, tmp_path / "out").count() == 0
+
+
+# --- data-sized writes: task counts, row groups, task reports, the _metadata cap ----------------
+
+def test_write_hats_sizes_tasks_and_row_groups_from_the_data(spark, tmp_path, monkeypatch):
+    table = sky_table(20_000)
+    # Many small Arrow batches (the session's arrow_batch_size) and 12 input partitions.
+    df = spark.createDataFrame(table.to_pandas()).repartition(12)
+    cores = spark.sparkContext.defaultParallelism
+    assert hats.write_parallelism(df) == max(2 * cores, 12)
+    assert hats.write_parallelism(df.coalesce(1)) == 2 * cores
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    spark.conf.set(key, "10")  # each pixel's ~100 rows reach the writer in ~10 batches
+    try:
+        summary = hats.write_hats(df, tmp_path / "cat", order=ORDER, ra_col="ra", dec_col="dec", catalog_name="sky")
+    finally:
+        spark.conf.set(key, before)
+    files = data_files(tmp_path / "cat")
+    # Each file is one row group, not one per batch, as the tasks report.
+    assert all(pq.read_metadata(f).num_row_groups == 1 for f in files.values())
+    assert summary["n_row_groups"] == len(files) == summary["n_partitions"]
+    size = sum(f.stat().st_size for f in files.values())
+    assert int(hats.read_properties(tmp_path / "cat")["hats_estsize"]) == size // 1024
+    assert (tmp_path / "cat" / "dataset" / "_metadata").is_file()
+    # Above the cap: _common_metadata only (readers do not need _metadata).
+    monkeypatch.setattr(hats, "METADATA_MAX_ROW_GROUPS", len(files) - 1)
+    hats.write_hats(df, tmp_path / "cat", order=ORDER, ra_col="ra", dec_col="dec", catalog_name="sky")
+    assert not (tmp_path / "cat" / "dataset" / "_metadata").exists()
+    assert (tmp_path / "cat" / "dataset" / "_common_metadata").is_file()
+    assert hats.read_hats(spark, tmp_path / "cat").count() == table.num_rows
+
+
+def test_pixel_file_writer_gathers_row_groups(tmp_path):
+    table = sky_table(5000).sort_by("_healpix_29")
+    (tmp_path / f"Norder={ORDER}").mkdir()
+    writer = hats._PixelFileWriter(tmp_path, ORDER, row_group_rows=100)
+    for batch in table.to_batches(max_chunksize=7):
+        writer.write(batch)
+    counts = writer.close()
+    groups = 0
+    for npix, rows in counts.items():
+        meta = pq.read_metadata(tmp_path / hats.pixel_relpath(ORDER, npix))
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        assert sum(sizes) == rows and all(s >= 100 for s in sizes[:-1]) and max(sizes) < 100 + 7
+        groups += len(sizes)
+    assert writer.n_row_groups == groups and sum(counts.values()) == table.num_rows

@@ -4,9 +4,9 @@
 ``catalogs``: input checks; ``run``: the Spark stage that writes ``matched/<run>``.
 """
 
-from photoz_spark.crossmatch.algorithm import CrossmatchAlgorithm, HealpixNeighbourMatch
+from photoz_spark.crossmatch.algorithm import CrossmatchAlgorithm, KdTreeMatch, Matches
 from photoz_spark.crossmatch.catalogs import CatalogError
 from photoz_spark.crossmatch.run import CrossmatchPlan, crossmatch, make_plan, validate
 
-__all__ = ["CatalogError", "CrossmatchAlgorithm", "CrossmatchPlan", "HealpixNeighbourMatch", "crossmatch",
+__all__ = ["CatalogError", "CrossmatchAlgorithm", "CrossmatchPlan", "KdTreeMatch", "Matches", "crossmatch",
            "make_plan", "validate"]

@@ -1,44 +1,52 @@
-"""Crossmatch algorithms: given a left and a right catalog, each left row's nearest right rows.
+"""Crossmatch algorithms: given left and right positions, each left row's nearest right rows.
 
-One small class per algorithm behind ``CrossmatchAlgorithm`` (as LSDB's crossmatch does), so
-another method (a probabilistic one, a proper-motion-aware one) can be added without touching
-the job.
+One small class per algorithm behind ``CrossmatchAlgorithm`` (as LSDB's ``core/crossmatch``
+does), so another method (a probabilistic one, a proper-motion-aware one) can be added without
+touching the job. An algorithm sees plain arrays: one left batch and the right rows of the sky
+around it (``run.py`` reads them pixel by pixel, see ``geometry.search_region``), and returns
+index pairs; it never sees Spark.
 
-``HealpixNeighbourMatch``: why a pixel join and not a tree or a HATS partition join
--------------------------------------------------------------------------------------
-A k-d tree per partition (LSDB, astropy) needs each right partition plus a margin of its
-neighbours in one place; Spark has no such co-location for free, and partitions at the HATS
-order (13 deg^2 at order 4) are far larger than a match radius. Instead the join key is a
-HEALPix pixel at a fine order M chosen from the radius (pixel size >= 10 x radius, see
-``geometry.auto_join_order``), and Spark's own hash/sort-merge join does the pairing:
-
-* each LEFT row is exploded to its own order-M pixel plus its (up to 8) neighbours, in a
-  vectorised Arrow function (``geometry.search_pixels``);
-* each RIGHT row is keyed by its own order-M pixel, ``_healpix_29 >> 2 (29 - M)`` (no UDF).
-
-A right object lies in exactly one pixel and a left row's 9 pixels are distinct, so a (left,
-right) pair meets at most once: no deduplication. The 9 pixels cover every point within ~0.7
-pixel sizes of the left row, well beyond the radius, so nothing is lost at pixel borders, at
-RA 0/360 or at the poles (neighbourhoods are HEALPix's, not RA/Dec boxes). The separation is
-exact (chord between unit vectors, ``2 asin(|u - v| / 2)``), computed in Spark SQL; pairs within
-the radius are ranked per left row by (separation, right id) with a window.
+``KdTreeMatch``: a k-d tree on unit vectors (as astropy and LSDB), with exact separations
+-------------------------------------------------------------------------------------------
+The right rows of a left pixel's search region go into a ``scipy.spatial.cKDTree`` of unit
+vectors; a left row's candidates are the right rows within the chord of the radius. Working on
+the unit sphere has no RA wrap and no pole singularity. Separations are then recomputed exactly
+(``geometry.separation_arcsec``'s chord formula) and candidates ranked by (separation, right id),
+so ties go to the lower id whatever the tree's visiting order.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from photoz_spark.crossmatch import geometry
-from photoz_spark.hats import HEALPIX_COLUMN, HEALPIX_ORDER
 
-# Column names of the algorithm's contract (the "_xm_" prefix is reserved: catalogs may not use it).
-ROW, RA, DEC, RIGHT_ID = "_xm_row", "_xm_ra", "_xm_dec", "_xm_id"
-SEP, RANK, N_CANDIDATES = "_xm_sep", "_xm_rank", "_xm_n"
-_PIX, _X, _Y, _Z = "_xm_pix", "_xm_x", "_xm_y", "_xm_z"
+# Rows per tree query: all candidates of rows with up to this many are fetched in one call.
+_FIRST_QUERY_K = 4
+
+
+@dataclass(frozen=True)
+class Matches:
+    """The k nearest right rows within the radius of each left row.
+
+    Attributes:
+        left: int64 index of the left row of each match, ascending; a left row's matches are
+            adjacent, nearest first.
+        right: int64 index of the right row.
+        sep_arcsec: float64 separation.
+        rank: int32, 1 for the nearest (ties: lower right id first).
+        n_candidates: int32 per left row (length of the left input): right rows within the radius.
+    """
+
+    left: np.ndarray
+    right: np.ndarray
+    sep_arcsec: np.ndarray
+    rank: np.ndarray
+    n_candidates: np.ndarray
 
 
 class CrossmatchAlgorithm(ABC):
@@ -47,11 +55,17 @@ class CrossmatchAlgorithm(ABC):
     Args:
         radius_arcsec: the match radius, > 0.
         k: how many counterparts to keep per left row, >= 1.
+        join_order: the HEALPix order of the search margin around each left pixel (its ring of
+            neighbour pixels at this order, ``geometry.search_region``); None: the finest order
+            whose pixels are at least ``geometry.PIXEL_SIZE_PER_RADIUS`` radii wide.
     """
 
-    def __init__(self, radius_arcsec: float, k: int):
+    name = "abstract"
+
+    def __init__(self, radius_arcsec: float, k: int, join_order: int | None = None):
         self.radius_arcsec = float(radius_arcsec)
         self.k = int(k)
+        self.join_order = join_order
 
     def validate(self) -> None:
         """Refuse settings the algorithm cannot honour (ValueError saying what to change)."""
@@ -59,45 +73,6 @@ class CrossmatchAlgorithm(ABC):
             raise ValueError(f"crossmatch.radius_arcsec must be > 0, got {self.radius_arcsec}")
         if self.k < 1:
             raise ValueError(f"crossmatch.k must be >= 1, got {self.k}")
-
-    @abstractmethod
-    def properties(self) -> dict:
-        """The settings to record in the output catalog (keys without a prefix)."""
-
-    @abstractmethod
-    def match(self, left, right):
-        """Candidates within the radius, ranked.
-
-        Args:
-            left: DataFrame of left rows with valid coordinates: ``_xm_row`` (unique long),
-                ``_healpix_29``, ``_xm_ra``, ``_xm_dec`` (degrees).
-            right: DataFrame of right rows: ``_xm_id``, ``_healpix_29``, ``_xm_ra``, ``_xm_dec``
-                and any columns to carry.
-
-        Returns:
-            One row per (left row, right row) with rank <= k: ``_xm_row``, ``_xm_rank`` (1 = the
-            nearest), ``_xm_n`` (candidates within the radius), ``_xm_sep`` (arcsec),
-            ``_xm_id`` and the carried right columns. Left rows without a candidate are absent.
-        """
-
-
-class HealpixNeighbourMatch(CrossmatchAlgorithm):
-    """Nearest neighbours by an equi-join on HEALPix pixels at a fine order (module docstring).
-
-    Args:
-        radius_arcsec: the match radius, > 0.
-        k: how many counterparts to keep per left row, >= 1.
-        join_order: the HEALPix order of the join keys, or None for ``geometry.auto_join_order``.
-    """
-
-    name = "healpix_neighbours"
-
-    def __init__(self, radius_arcsec: float, k: int = 1, join_order: int | None = None):
-        super().__init__(radius_arcsec, k)
-        self.join_order = join_order
-
-    def validate(self) -> None:
-        super().validate()
         auto = geometry.auto_join_order(self.radius_arcsec)  # raises for a radius that is too large
         if self.join_order is None:
             self.join_order = auto
@@ -107,56 +82,81 @@ class HealpixNeighbourMatch(CrossmatchAlgorithm):
                 f"(pixel size must be >= {geometry.PIXEL_SIZE_PER_RADIUS:g} x radius); use 0..{auto} or auto")
 
     def properties(self) -> dict:
+        """The settings to record in the output catalog (keys without a prefix)."""
         return {"algorithm": self.name, "radius_arcsec": self.radius_arcsec, "k": self.k,
                 "join_order": self.join_order}
 
-    def match(self, left, right):
-        from pyspark.sql import Window
-        from pyspark.sql import functions as F
+    @abstractmethod
+    def match(self, left_xyz: np.ndarray, right_xyz: np.ndarray, right_order: np.ndarray,
+              tree=None) -> Matches:
+        """Candidates within the radius, ranked.
 
-        shift = 2 * (HEALPIX_ORDER - self.join_order)
-        keyed_left = left.select(ROW, HEALPIX_COLUMN, RA, DEC).mapInArrow(
-            _explode_to_search_pixels(self.join_order), f"{ROW} long, {_PIX} long, {_X} double, {_Y} double, {_Z} double")
-        carried = [c for c in right.columns if c not in (HEALPIX_COLUMN, RA, DEC)]
-        keyed_right = right.select(
-            F.shiftright(HEALPIX_COLUMN, shift).alias(_PIX), *_sql_unit_vector(RA, DEC, "_r"), *carried)
-        pairs = keyed_left.join(keyed_right, _PIX).select(
-            ROW, _sql_separation_arcsec().alias(SEP), *carried)
-        within = pairs.filter(F.col(SEP) <= self.radius_arcsec)
-        per_left = Window.partitionBy(ROW)
-        return (within
-                .withColumn(N_CANDIDATES, F.count(F.lit(1)).over(per_left).cast("int"))
-                .withColumn(RANK, F.row_number().over(per_left.orderBy(SEP, RIGHT_ID)))
-                .filter(F.col(RANK) <= self.k))
+        Args:
+            left_xyz: (n, 3) unit vectors of left rows with valid coordinates.
+            right_xyz: (m, 3) unit vectors of the right rows around them (finite).
+            right_order: (m,) the right rows' rank by id, which breaks ties in separation.
+            tree: ``prepare(right_xyz)``'s result, when the same right rows serve many batches.
 
+        Returns:
+            The Matches (``rank <= k``).
+        """
 
-def _explode_to_search_pixels(order: int):
-    """The ``mapInArrow`` function: one output row per (left row, search pixel), with unit vectors."""
-
-    def explode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            rows, pixels = geometry.search_pixels(batch.column(HEALPIX_COLUMN).to_numpy(), order)
-            xyz = geometry.unit_vectors(batch.column(RA).to_numpy(), batch.column(DEC).to_numpy())[rows]
-            yield pa.RecordBatch.from_arrays(
-                [batch.column(ROW).take(pa.array(rows)), pa.array(pixels), *(pa.array(xyz[:, i]) for i in range(3))],
-                names=[ROW, _PIX, _X, _Y, _Z])
-
-    return explode
+    def prepare(self, right_xyz: np.ndarray):
+        """Anything built once from the right rows and reused for every left batch (None here)."""
 
 
-def _sql_unit_vector(ra: str, dec: str, suffix: str):
-    """``geometry.unit_vectors`` as Spark columns ``_xm_x<suffix>``, ``_xm_y<suffix>``, ``_xm_z<suffix>``."""
-    from pyspark.sql import functions as F
+class KdTreeMatch(CrossmatchAlgorithm):
+    """Nearest neighbours by a k-d tree on unit vectors (module docstring)."""
 
-    ra_rad, dec_rad = F.radians(ra), F.radians(dec)
-    return [(F.cos(dec_rad) * F.cos(ra_rad)).alias(_X + suffix),
-            (F.cos(dec_rad) * F.sin(ra_rad)).alias(_Y + suffix),
-            F.sin(dec_rad).alias(_Z + suffix)]
+    name = "kdtree"
 
+    def prepare(self, right_xyz: np.ndarray):
+        from scipy.spatial import cKDTree
 
-def _sql_separation_arcsec():
-    """``geometry.separation_arcsec`` between the left (``_xm_x``...) and right (``_xm_x_r``...) vectors."""
-    from pyspark.sql import functions as F
+        return cKDTree(right_xyz, balanced_tree=False, compact_nodes=False) if len(right_xyz) else None
 
-    chord = F.sqrt(sum(((F.col(c) - F.col(c + "_r")) ** 2 for c in (_X, _Y, _Z)), F.lit(0.0)))
-    return F.asin(F.least(chord / 2.0, F.lit(1.0))) * (2.0 * geometry.ARCSEC_PER_RAD)
+    def match(self, left_xyz, right_xyz, right_order, tree=None) -> Matches:
+        n = len(left_xyz)
+        if tree is None:
+            tree = self.prepare(right_xyz)
+        if tree is None or n == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return Matches(empty, empty, np.zeros(0), np.zeros(0, dtype=np.int32), np.zeros(n, dtype=np.int32))
+        # The chord of the radius, a hair wider: the exact test below decides.
+        chord = 2.0 * math.sin(self.radius_arcsec / geometry.ARCSEC_PER_RAD / 2.0) * (1.0 + 1e-9)
+        left, right = self._candidates(tree, left_xyz, chord, len(right_xyz))
+        sep = geometry.chord_separation_arcsec(left_xyz[left], right_xyz[right])
+        within = sep <= self.radius_arcsec
+        left, right, sep = left[within], right[within], sep[within]
+        order = np.lexsort((right_order[right], sep, left))  # per left row: nearest, then lower id
+        left, right, sep = left[order], right[order], sep[order]
+        counts = np.bincount(left, minlength=n).astype(np.int32)
+        starts = np.cumsum(counts) - counts
+        rank = (np.arange(len(left)) - starts[left] + 1).astype(np.int32)
+        keep = rank <= self.k
+        return Matches(left[keep], right[keep], sep[keep], rank[keep], counts)
+
+    @staticmethod
+    def _candidates(tree, left_xyz: np.ndarray, chord: float, n_right: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every (left, right) pair within ``chord``: a k-nearest query with k from a count per row.
+
+        Most rows have 0 or 1 candidate; the few in crowded places are queried again with k
+        large enough for all of theirs, so no row's list is cut short.
+        """
+        counts = tree.query_ball_point(left_xyz, chord, return_length=True)
+        lefts, rights = [], []
+        rows = np.flatnonzero(counts > 0)
+        k = _FIRST_QUERY_K
+        while len(rows):
+            k_here = min(k, n_right)
+            batch = rows[counts[rows] <= k_here] if k_here < n_right else rows
+            _, idx = tree.query(left_xyz[batch], k=k_here, distance_upper_bound=chord * (1.0 + 1e-9))
+            idx = idx.reshape(len(batch), k_here)
+            found = idx < n_right
+            lefts.append(np.broadcast_to(batch[:, None], idx.shape)[found])
+            rights.append(idx[found])
+            rows = np.setdiff1d(rows, batch, assume_unique=True)
+            k *= 8
+        if not lefts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(lefts).astype(np.int64), np.concatenate(rights).astype(np.int64)

@@ -9,9 +9,10 @@ import pyarrow as pa
 
 from photoz_spark import hats
 from photoz_spark.bands import Registry
+from photoz_spark.errors import InputError
 
 
-class CatalogError(ValueError):
+class CatalogError(InputError):
     """An input catalog that is missing or lacks a column the crossmatch needs."""
 
 

@@ -1,7 +1,7 @@
-"""The crossmatch's math as pure numpy: unit vectors, separations, join order, search pixels.
+"""The crossmatch's math as pure numpy: unit vectors, separations, margin order, search regions.
 
-Spark only moves rows around; every number the crossmatch produces comes from a function here
-(or from its Spark SQL transcription in ``algorithm.py``, tested against these).
+Spark only schedules the pixels; every number the crossmatch produces comes from a function
+here or from ``algorithm.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import healpy as hp
 import numpy as np
 
-from photoz_spark.hats import HEALPIX_ORDER, pixel_at_order
+from photoz_spark.hats import HEALPIX_ORDER
 
 ARCSEC_PER_RAD = 180.0 / math.pi * 3600.0
 # A pixel and its 8 neighbours cover every point within ~0.7 pixel sizes of the pixel (measured
@@ -49,8 +49,7 @@ def separation_arcsec(ra1, dec1, ra2, dec2) -> np.ndarray:
     Returns:
         float64 separations in arcsec (NaN where a coordinate is NaN).
     """
-    chord = np.linalg.norm(unit_vectors(ra1, dec1) - unit_vectors(ra2, dec2), axis=-1)
-    return 2.0 * np.arcsin(np.minimum(chord / 2.0, 1.0)) * ARCSEC_PER_RAD
+    return chord_separation_arcsec(unit_vectors(ra1, dec1), unit_vectors(ra2, dec2))
 
 
 def valid_coords(ra_deg, dec_deg) -> np.ndarray:
@@ -88,24 +87,116 @@ def auto_join_order(radius_arcsec: float) -> int:
     return order
 
 
-def search_pixels(h29, order: int) -> tuple[np.ndarray, np.ndarray]:
-    """The order-``order`` pixels where a left row looks for counterparts: its own and its neighbours.
+# A left pixel's margin ring is computed at most this many orders below it (4 * 2^10 boundary
+# pixels): a finer margin order would only shave a thinner ring at a higher planning cost.
+MAX_MARGIN_DEPTH = 10
+
+
+def search_region(npix: int, order: int, margin_order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where the rows of one pixel look for counterparts: the pixel and a margin ring around it.
+
+    The ring is the neighbours at ``margin_order`` of the pixel's boundary pixels at that order
+    (or, when ``margin_order`` is coarser than ``order``, the enclosing pixel and its neighbours).
+    A pixel and its neighbours cover every point within ~0.7 pixel sizes of it (HEALPix's own
+    neighbourhoods: across RA 0/360, at the poles and at the 8 vertices where only 3 base
+    pixels meet), so with pixels >= ``PIXEL_SIZE_PER_RADIUS`` radii wide every counterpart of
+    every row of the pixel is inside the region.
 
     Args:
-        h29: order-29 nested indices of the left rows.
-        order: the join order.
+        npix: the nested pixel index at ``order``.
+        order: the pixel's HEALPix order.
+        margin_order: the order of the ring (``auto_join_order`` of the radius, or coarser).
 
     Returns:
-        (row, pixel): int64 arrays of equal length, row indexing ``h29``; up to 9 distinct
-        pixels per row (healpy marks the missing 8th neighbour at 8 sky vertices with -1,
-        which is dropped).
+        (lo, hi): sorted, disjoint order-29 index intervals ``[lo, hi)`` covering the region.
     """
-    own = pixel_at_order(h29, order)
-    if len(own) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    neighbours = hp.get_all_neighbours(2**order, own, nest=True)  # (8, n)
-    block = np.vstack([own[None, :], neighbours]).astype(np.int64)  # (9, n)
-    rows = np.broadcast_to(np.arange(len(own), dtype=np.int64), block.shape)
-    keep = block >= 0
-    # Column-major flattening keeps each row's pixels together (order of output rows is free).
-    return rows.T[keep.T], block.T[keep.T]
+    margin_order = min(margin_order, order + MAX_MARGIN_DEPTH)
+    if margin_order >= order:
+        own = np.array([npix], dtype=np.int64) << 2 * (margin_order - order)
+        width = np.int64(1) << 2 * (margin_order - order)
+        ring = _neighbours(_boundary_children(npix, margin_order - order), margin_order)
+        lo = np.concatenate([own, ring]) << 2 * (HEALPIX_ORDER - margin_order)
+        hi = np.concatenate([own + width, ring + 1]) << 2 * (HEALPIX_ORDER - margin_order)
+    else:
+        parent = np.array([npix >> 2 * (order - margin_order)], dtype=np.int64)
+        pixels = np.concatenate([parent, _neighbours(parent, margin_order)])
+        lo, hi = pixels << 2 * (HEALPIX_ORDER - margin_order), (pixels + 1) << 2 * (HEALPIX_ORDER - margin_order)
+    return _merge(lo, hi)
+
+
+def _boundary_children(npix: int, depth: int) -> np.ndarray:
+    """The pixels ``depth`` orders below ``npix`` along its four edges (nested: x/y bits interleaved)."""
+    side = 1 << depth
+    t = np.arange(side, dtype=np.int64)
+    edge = np.full(side, side - 1, dtype=np.int64)
+    x = np.concatenate([t, t, np.zeros(side, dtype=np.int64), edge])
+    y = np.concatenate([np.zeros(side, dtype=np.int64), edge, t, t])
+    offset = np.zeros_like(x)
+    for bit in range(depth):
+        offset |= ((x >> bit) & 1) << (2 * bit) | ((y >> bit) & 1) << (2 * bit + 1)
+    return (np.int64(npix) << 2 * depth) + np.unique(offset)
+
+
+def _neighbours(pixels: np.ndarray, order: int) -> np.ndarray:
+    ring = np.asarray(hp.get_all_neighbours(2**order, pixels, nest=True), dtype=np.int64).ravel()
+    return np.unique(ring[ring >= 0])  # -1: the missing 8th neighbour at the 8 vertices
+
+
+def _merge(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted disjoint intervals from overlapping or touching ones (nested ranges never cross)."""
+    order = np.argsort(lo, kind="stable")
+    lo, hi = lo[order], hi[order]
+    hi = np.maximum.accumulate(hi)
+    starts = np.r_[True, lo[1:] > hi[:-1]]
+    ends = np.r_[starts[1:], True]
+    return lo[starts], hi[ends]
+
+
+def pixels_in_region(npixs: np.ndarray, order: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The pixels of a catalog (sorted, at ``order``) that overlap a region from ``search_region``.
+
+    Args:
+        npixs: the catalog's sorted pixel indices.
+        order: their HEALPix order (any: coarser or finer than the region's).
+        lo, hi: the region's order-29 intervals.
+
+    Returns:
+        The overlapping pixels, sorted.
+    """
+    shift = 2 * (HEALPIX_ORDER - order)
+    starts, ends = npixs << shift, (npixs + 1) << shift
+    first = np.searchsorted(ends, lo, side="right")  # first pixel ending after the interval starts
+    last = np.searchsorted(starts, hi, side="left")  # first pixel starting at or after its end
+    hit = np.zeros(len(npixs) + 1, dtype=np.int64)
+    np.add.at(hit, first, 1)
+    np.add.at(hit, last, -1)
+    return npixs[np.cumsum(hit)[:-1] > 0]
+
+
+def in_region(h29: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """True for order-29 indices inside the region's intervals."""
+    i = np.searchsorted(lo, h29, side="right") - 1
+    return (i >= 0) & (h29 < hi[np.maximum(i, 0)])
+
+
+def sorted_region_rows(h29_sorted: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``in_region``'s row indices for a sorted column: a binary search per interval, not per row."""
+    first = np.searchsorted(h29_sorted, lo, side="left")
+    last = np.searchsorted(h29_sorted, hi, side="left")
+    keep = last > first
+    if not keep.any():
+        return np.zeros(0, dtype=np.int64)
+    first, last = first[keep], last[keep]
+    lengths = last - first
+    # Concatenated aranges: the start of each run, then +1 steps.
+    steps = np.ones(lengths.sum(), dtype=np.int64)
+    heads = np.cumsum(lengths) - lengths
+    steps[heads] = first - np.r_[0, last[:-1] - 1]
+    steps[0] = first[0]
+    return np.cumsum(steps)
+
+
+def chord_separation_arcsec(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``separation_arcsec`` from unit vectors already computed, row by row ((n, 3) each)."""
+    chord = np.sqrt(((u - v) ** 2).sum(axis=-1))
+    return 2.0 * np.arcsin(np.minimum(chord / 2.0, 1.0)) * ARCSEC_PER_RAD

@@ -1,10 +1,15 @@
 """Spark orchestration of the crossmatch: left catalog x right catalogs -> ``matched/<run>`` (HATS).
 
 Every check (settings, catalogs, columns, output names) runs before Spark does any work. The
-left catalog gets an internal row key so rows with equal ids stay apart; each right catalog is
-matched independently by a ``CrossmatchAlgorithm``; the matches are left-joined back, so every
-left row is kept (exactly one output row per left row when k = 1). A left row with bad
-coordinates is kept unmatched and flagged BAD_COORDS and NO_MATCH.
+work follows the partitions (LSDB's idea, on Spark): one task per left pixel reads the pixel's
+rows and, with pyarrow, only the right catalogs' pixels that overlap the pixel plus a margin
+ring (``geometry.search_region``; the two sides may have different HEALPix orders), matches each
+left batch in memory with a ``CrossmatchAlgorithm`` and writes the pixel's output file
+(``hats.map_pixels``). No catalog goes through a shuffle; right-side reads are proportional to
+the left footprint. Every left row is kept, in its file's order (exactly one output row per left
+row when k = 1). A left row with bad coordinates is kept unmatched and flagged BAD_COORDS and
+NO_MATCH. DUPLICATE_ID needs the whole catalog: one aggregation over the id column finds the
+duplicated ids first, and they are broadcast to the tasks.
 
 With k > 1 a left row gets one output row per rank r = 1..max over right catalogs of
 min(k, candidates), i.e. max(1, matches) rows: row r holds each right catalog's r-th nearest
@@ -17,29 +22,26 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from functools import reduce
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from photoz_spark import hats
 from photoz_spark.bands import Registry
 from photoz_spark.config import require
-from photoz_spark.crossmatch.algorithm import (
-    DEC,
-    N_CANDIDATES,
-    RA,
-    RANK,
-    RIGHT_ID,
-    ROW,
-    SEP,
-    CrossmatchAlgorithm,
-    HealpixNeighbourMatch,
-)
+from photoz_spark.crossmatch import geometry
+from photoz_spark.crossmatch.algorithm import CrossmatchAlgorithm, KdTreeMatch
 from photoz_spark.crossmatch.catalogs import CatalogError, InputCatalog, open_catalog
 from photoz_spark.flags import FLAGS_COLUMN, Flag, count_flags
 from photoz_spark.staging import job_staging
 
-RESERVED_PREFIX = "_xm_"
-_OK, _DUP = "_xm_ok", "_xm_dup"
+RESERVED_PREFIX = "_xm_"  # reserved for the crossmatch's own columns: catalogs may not use it
+LEFT_BATCH_ROWS = 65_536  # left rows matched at a time (the right region stays in memory per task)
+RIGHT_BYTES_PER_TASK = 256 * 2**20  # at most this much right-catalog data (on disk) per task's block
+TASKS_PER_CORE = 4  # at least this many tasks per core, so the small ones even out the big ones
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -62,10 +64,10 @@ class CrossmatchPlan:
 
 
 def match_columns(name: str, k: int) -> dict[str, str]:
-    """Output names of a right catalog's match columns: internal name -> ``<catalog>_<what>``."""
-    columns = {RIGHT_ID: f"{name}_id", SEP: f"{name}_sep_arcsec", N_CANDIDATES: f"{name}_n_candidates"}
+    """Output names of a right catalog's match columns: what -> ``<catalog>_<what>``."""
+    columns = {"id": f"{name}_id", "sep": f"{name}_sep_arcsec", "n": f"{name}_n_candidates"}
     if k > 1:
-        columns[RANK] = f"{name}_rank"
+        columns["rank"] = f"{name}_rank"
     return columns
 
 
@@ -76,7 +78,7 @@ def make_algorithm(xm: dict) -> CrossmatchAlgorithm:
     join_order = str(xm["join_order"]).strip()
     require(join_order == "auto" or join_order.isdigit(),
             f"crossmatch.join_order must be auto or a HEALPix order 0..{hats.HEALPIX_ORDER}, got {xm['join_order']!r}")
-    algorithm = HealpixNeighbourMatch(xm["radius_arcsec"], xm["k"],
+    algorithm = KdTreeMatch(xm["radius_arcsec"], xm["k"],
                                       None if join_order == "auto" else int(join_order))
     algorithm.validate()
     return algorithm
@@ -127,9 +129,11 @@ def make_plan(xm: dict, registry: Registry, workdir) -> CrossmatchPlan:
     algorithm = validate(xm, registry)
     left = open_catalog(xm["left"], workdir.catalog(xm["left"]), registry, with_bands=False)
     right = tuple(open_catalog(c, workdir.catalog(c), registry, with_bands=True) for c in xm["right"])
+    for catalog in (left, *right):  # the tasks follow the partitions: their order must be known
+        if catalog.order is None:
+            raise CatalogError(f"catalog {catalog.name!r} ({catalog.path}) has no hats_order in its properties; "
+                               "write it with jobs/ingest_catalog.py (or add hats_order=<its Norder>)")
     order = xm["output_order"] if xm["output_order"] is not None else left.order
-    if order is None:
-        raise CatalogError(f"catalog {left.name!r} has no hats_order in its properties; set crossmatch.output_order")
     columns = output_columns(left, right, algorithm.k)
     return CrossmatchPlan(run=xm["run"], left=left, right=right, algorithm=algorithm, output_order=order,
                           target=Path(workdir.matched) / xm["run"], columns=tuple(columns))
@@ -164,7 +168,11 @@ def output_columns(left: InputCatalog, right: tuple[InputCatalog, ...], k: int) 
 # --- the Spark stage -------------------------------------------------------------------------
 
 def crossmatch(spark, plan: CrossmatchPlan, workdir) -> dict:
-    """Run a validated plan and write ``matched/<run>``.
+    """Run a validated plan and write ``matched/<run>``: one Spark task per left pixel, no shuffle.
+
+    Each task reads its left pixel's rows and, with pyarrow, only the right pixels that overlap
+    the pixel's search region (``geometry.search_region``), matches in memory and writes the
+    output file of that pixel (``hats.map_pixels``); the statistics come back with the task.
 
     Args:
         spark: the SparkSession.
@@ -176,122 +184,254 @@ def crossmatch(spark, plan: CrossmatchPlan, workdir) -> dict:
         rate, flagged rows by reason, seconds, rows/s and the output path.
     """
     t0 = time.time()
-    left = _read_left(spark, plan.left).persist()
-    try:
-        rows_in = left.count()
-        matches = {c.name: _match_one(spark, plan, left, c) for c in plan.right}
-        out = _assemble(plan, left, matches)
-        with job_staging(workdir.root, "crossmatch") as stage:
-            written = hats.write_hats(out, stage.output(plan.run, plan.target), order=plan.output_order,
-                                      ra_col=plan.left.ra, dec_col=plan.left.dec, catalog_name=plan.run,
-                                      extra_properties=plan.properties())
-            stage.commit()
-    finally:
-        left.unpersist()
-    summary = _summarise(spark, plan, rows_in, written["n_rows"])
+    duplicates = spark.sparkContext.broadcast(duplicate_ids(spark, plan.left))
+    rights = [RightSide(c, *hats.partition_pixels(c.path)) for c in plan.right]
+    blocks = task_order(plan, rights, spark.sparkContext.defaultParallelism)
+    process = _BlockMatcher(plan, rights, duplicates, blocks)
+    with job_staging(workdir.root, "crossmatch") as stage:
+        written = hats.map_pixels(spark, plan.left.path, stage.output(plan.run, plan.target), process,
+                                  schema=output_schema(plan), catalog_name=plan.run, order=plan.output_order,
+                                  task_order=blocks, extra_properties=plan.properties())
+        stage.commit()
+    duplicates.destroy()
+    summary = _summarise(plan, {**written, "task_order": blocks})
     seconds = time.time() - t0
-    summary.update(seconds=seconds, rows_per_s=rows_in / seconds if seconds > 0 else 0.0)
+    summary.update(seconds=seconds, rows_per_s=summary["rows_in"] / seconds if seconds > 0 else 0.0)
     return summary
 
 
-def _read_left(spark, catalog: InputCatalog):
-    """Left rows plus a unique row key and whether their coordinates are usable."""
+def duplicate_ids(spark, catalog: InputCatalog) -> list:
+    """The left ids that occur more than once in the whole catalog (for Flag.DUPLICATE_ID).
+
+    One Spark aggregation over the id column alone (map-side combined: ~8 bytes a row go
+    through the shuffle, no other column); the driver holds only the duplicated ids. Null ids
+    are never duplicates (as a join on them never matches).
+    """
     from pyspark.sql import functions as F
 
-    ra, dec = F.col(catalog.ra), F.col(catalog.dec)
-    ok = (ra.isNotNull() & dec.isNotNull() & ~F.isnan(ra) & ~F.isnan(dec)
-          & (ra >= 0.0) & (ra < 360.0) & (dec >= -90.0) & (dec <= 90.0))
-    # Ids may repeat; this key never does. Taken straight off the file scan (deterministic) and
-    # cached, so every branch of the plan sees the same keys.
-    return (hats.read_hats(spark, catalog.path)
-            .withColumn(ROW, F.monotonically_increasing_id())
-            .withColumn(_OK, F.coalesce(ok, F.lit(False))))
+    ids = hats.read_hats(spark, catalog.path).select(catalog.id).where(F.col(catalog.id).isNotNull())
+    return [row[0] for row in ids.groupBy(catalog.id).count().where(F.col("count") > 1).select(catalog.id).collect()]
 
 
-def _match_one(spark, plan: CrossmatchPlan, left, catalog: InputCatalog):
-    """One right catalog's ranked matches, columns already given their output names."""
-    from pyspark.sql import functions as F
+@dataclass(frozen=True)
+class RightSide:
+    """A right catalog and its partitions, as the tasks need them to find the pixels to read."""
 
-    left_in = left.filter(F.col(_OK)).select(
-        ROW, hats.HEALPIX_COLUMN, F.col(plan.left.ra).cast("double").alias(RA),
-        F.col(plan.left.dec).cast("double").alias(DEC))
-    right_in = hats.read_hats(spark, catalog.path).select(
-        F.col(catalog.id).alias(RIGHT_ID), hats.HEALPIX_COLUMN, F.col(catalog.ra).cast("double").alias(RA),
-        F.col(catalog.dec).cast("double").alias(DEC), *catalog.band_columns)
-    matches = plan.algorithm.match(left_in, right_in)
-    renamed = match_columns(catalog.name, plan.algorithm.k)
-    keep_rank = [F.col(RANK)] if plan.algorithm.k > 1 else []  # the join key of k > 1
-    return matches.select(ROW, *keep_rank, *(F.col(c).alias(renamed.get(c, c)) for c in
-                                             [*renamed, *catalog.band_columns]))
+    catalog: InputCatalog
+    order: int
+    pixels: np.ndarray  # sorted Npix at ``order``
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.catalog.id, self.catalog.ra, self.catalog.dec, hats.HEALPIX_COLUMN, *self.catalog.band_columns]
 
 
-def _assemble(plan: CrossmatchPlan, left, matches: dict):
-    """Left-join the matches onto every left row, add the flags, order the columns."""
-    from pyspark.sql import functions as F
+def output_schema(plan: CrossmatchPlan) -> pa.Schema:
+    """The output's Arrow schema, in ``plan.columns`` order."""
+    types = {f.name: f.type for f in plan.left.schema}
+    types[FLAGS_COLUMN] = pa.int32()
+    for catalog in plan.right:
+        names = match_columns(catalog.name, plan.algorithm.k)
+        types.update({names["id"]: catalog.schema.field(catalog.id).type, names["sep"]: pa.float64(),
+                      names["n"]: pa.int32(), **({names["rank"]: pa.int32()} if "rank" in names else {})})
+        types.update({c: catalog.schema.field(c).type for c in catalog.band_columns})
+    return pa.schema([(c, types[c]) for c in plan.columns])
 
+
+class _BlockMatcher:
+    """``map_pixels``' ``process`` (runs on the executors): a left pixel's rows, matched, as output batches.
+
+    A task holds the left pixels of one block (a pixel at ``block_order``, ``task_order``): the
+    right rows of the block's search region are read once, on the first pixel, and serve every
+    left pixel of the block (a right file is read by the few blocks it overlaps, not by each of
+    its 9 neighbours' tasks).
+    """
+
+    def __init__(self, plan: CrossmatchPlan, rights: list[RightSide], duplicates, block_order: int):
+        self.plan, self.rights, self.duplicates, self.block_order = plan, rights, duplicates, block_order
+        self._block: int | None = None
+        self._sides: list[_RightRows] = []
+
+    def __call__(self, npix: int, path: str, stats: dict):
+        plan = self.plan
+        block = npix >> 2 * (plan.left.order - self.block_order)
+        if block != self._block:
+            self._sides = []  # free the previous block's rows before reading the next
+            lo, hi = geometry.search_region(block, self.block_order, plan.algorithm.join_order)
+            self._sides = [_read_right(side, lo, hi, plan.algorithm) for side in self.rights]
+            self._block = block
+            stats["right_rows_used"] = stats.get("right_rows_used", 0) + sum(len(r.xyz) for r in self._sides)
+            stats["right_rows_read"] = stats.get("right_rows_read", 0) + sum(r.decoded for r in self._sides)
+        dup = pa.array(self.duplicates.value, type=plan.left.schema.field(plan.left.id).type)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=LEFT_BATCH_ROWS):
+            yield _match_batch(plan, batch, self._sides, dup, stats)
+
+
+def task_order(plan: CrossmatchPlan, rights: list[RightSide], cores: int) -> int:
+    """The block order of the crossmatch's tasks: as coarse as memory and the cluster allow.
+
+    Coarser blocks read each right file fewer times (the margin ring is a smaller share of a
+    bigger block) but hold more right rows in memory and make fewer tasks. The coarsest order
+    is taken at which every block's right files total at most ``RIGHT_BYTES_PER_TASK`` and
+    there are at least ``TASKS_PER_CORE`` tasks per core; at worst one task per left pixel.
+
+    Args:
+        plan: the plan.
+        rights: the right catalogs' partitions.
+        cores: the cluster's cores (Spark's default parallelism).
+
+    Returns:
+        An order between 0 and min(left order, output order).
+    """
+    finest = min(plan.left.order, plan.output_order)
+    left_pixels = hats.partition_pixels(plan.left.path)[1]
+    sizes = [(side.order, side.pixels, np.array([
+        (side.catalog.path / hats.DATASET_DIR / hats.pixel_relpath(side.order, p)).stat().st_size
+        for p in side.pixels.tolist()], dtype=np.float64)) for side in rights]
+    for order in range(finest + 1):
+        blocks = np.unique(left_pixels >> 2 * (plan.left.order - order))
+        if len(blocks) < TASKS_PER_CORE * cores and order < finest:
+            continue
+        per_block = np.zeros(len(blocks))
+        for right_order, pixels, nbytes in sizes:
+            if right_order >= order:  # a file inside one block
+                key, share = pixels >> 2 * (right_order - order), nbytes
+            else:  # a file spread over 4^(order - R) blocks
+                key, share = None, nbytes / 4 ** (order - right_order)
+            at = np.searchsorted(blocks, key) if key is not None else None
+            if at is not None:
+                inside = (at < len(blocks)) & (blocks[np.minimum(at, len(blocks) - 1)] == key)
+                np.add.at(per_block, at[inside], share[inside])
+            else:
+                parents = blocks >> 2 * (order - right_order)
+                idx = np.searchsorted(pixels, parents)
+                has = (idx < len(pixels)) & (pixels[np.minimum(idx, len(pixels) - 1)] == parents)
+                per_block[has] += share[idx[has]]
+        if per_block.max(initial=0.0) <= RIGHT_BYTES_PER_TASK or order == finest:
+            return order
+    return finest
+
+
+@dataclass
+class _RightRows:
+    """A right catalog's rows in one search region, ready to match."""
+
+    columns: dict        # id and band columns: name -> pa.Array
+    xyz: np.ndarray      # unit vectors
+    id_order: np.ndarray  # sorts as the ids do, for ties
+    tree: object         # the algorithm's prepared structure
+    decoded: int         # rows of the files read, before the cut to the region
+
+
+def _read_right(side: RightSide, lo: np.ndarray, hi: np.ndarray, algorithm: CrossmatchAlgorithm) -> _RightRows:
+    """The rows of the right pixels overlapping the region, cut to the region, with finite coordinates."""
+    dataset = side.catalog.path / hats.DATASET_DIR
+    parts, decoded = [], 0
+    for npix in geometry.pixels_in_region(side.pixels, side.order, lo, hi).tolist():
+        # ParquetFile, not read_table: the latter imports pyarrow.dataset (and pandas) in every worker.
+        table = pq.ParquetFile(dataset / hats.pixel_relpath(side.order, npix)).read(columns=side.columns,
+                                                                                   use_threads=False)
+        h29 = table.column(hats.HEALPIX_COLUMN).to_numpy()
+        if len(h29) > 1 and np.all(h29[1:] >= h29[:-1]):  # HATS files are sorted: binary search
+            rows = geometry.sorted_region_rows(h29, lo, hi)
+        else:
+            rows = np.flatnonzero(geometry.in_region(h29, lo, hi))
+        parts.append(table if len(rows) == table.num_rows else table.take(pa.array(rows)))
+        decoded += table.num_rows
+    catalog = side.catalog
+    table = pa.concat_tables(parts) if parts else pa.schema(
+        [catalog.schema.field(c) for c in side.columns]).empty_table()
+    ra, dec = _degrees(table.column(catalog.ra)), _degrees(table.column(catalog.dec))
+    finite = np.isfinite(ra) & np.isfinite(dec)
+    if not finite.all():
+        table, ra, dec = table.filter(pa.array(finite)), ra[finite], dec[finite]
+    xyz = geometry.unit_vectors(ra, dec)
+    ids = table.column(catalog.id)
+    # Ties in separation go to the lower id: integer ids order themselves, strings by their rank.
+    id_order = (pc.fill_null(ids, 0).to_numpy() if pa.types.is_integer(ids.type)
+                else pc.rank(ids, sort_keys="ascending", tiebreaker="dense").to_numpy())
+    carried = {c: table.column(c).combine_chunks() for c in [catalog.id, *catalog.band_columns]}
+    return _RightRows(carried, xyz, id_order, algorithm.prepare(xyz), decoded)
+
+
+def _degrees(column) -> np.ndarray:
+    return pc.fill_null(pc.cast(column, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+
+def _match_batch(plan: CrossmatchPlan, batch: pa.RecordBatch, sides: list[_RightRows], dup: pa.Array,
+                 stats: dict) -> pa.RecordBatch:
+    """One left batch matched to every right catalog: the output rows and the statistics."""
     k = plan.algorithm.k
-    if k == 1:
-        out = reduce(lambda acc, m: acc.join(m, ROW, "left"), matches.values(), left)
-    else:
-        # One row per (left row, rank) that any right catalog fills; left rows without any get one.
-        ranks = reduce(lambda a, b: a.unionByName(b), (m.select(ROW, RANK) for m in matches.values())).distinct()
-        out = left.join(ranks, ROW, "left")
-        for name, m in matches.items():
-            n_col = f"{name}_n_candidates"
-            counts = m.filter(F.col(f"{name}_rank") == 1).select(ROW, n_col)
-            out = out.join(m.drop(n_col), [ROW, RANK], "left").join(counts, ROW, "left")
-    duplicated = left.groupBy(plan.left.id).agg(F.count(F.lit(1)).alias(_DUP)).filter(F.col(_DUP) > 1)
-    out = out.join(duplicated, plan.left.id, "left")
-    n_cols = [f"{c.name}_n_candidates" for c in plan.right]
-    out = out.withColumns({c: F.coalesce(F.col(c), F.lit(0)).cast("int") for c in n_cols})
-    return out.withColumn(FLAGS_COLUMN, _flags(plan, n_cols)).select(*plan.columns)
+    ra, dec = _degrees(batch.column(plan.left.ra)), _degrees(batch.column(plan.left.dec))
+    ok = geometry.valid_coords(ra, dec)
+    good = np.flatnonzero(ok)
+    left_xyz = geometry.unit_vectors(ra[good], dec[good])
+    n = batch.num_rows
+    found = []  # per right catalog: (n_candidates per left row, matches with left indices into the batch)
+    for side in sides:
+        m = plan.algorithm.match(left_xyz, side.xyz, side.id_order, side.tree)
+        counts = np.zeros(n, dtype=np.int32)
+        counts[good] = m.n_candidates
+        found.append((counts, good[m.left], m))
+    # Output rows: one per left row and rank (max(1, most matches kept over the catalogs)).
+    per_row = np.maximum(1, np.max([np.minimum(c, k) for c, _, _ in found], axis=0)) if found else np.ones(n, int)
+    row_of = np.repeat(np.arange(n), per_row)
+    first = np.cumsum(per_row) - per_row
+    columns = {name: batch.column(name).take(pa.array(row_of)) if k > 1 else batch.column(name)
+               for name in batch.schema.names}
+    no_match = np.zeros(n, dtype=bool)
+    ambiguous = np.zeros(n, dtype=bool)
+    for catalog, side, (counts, left_rows, m) in zip(plan.right, sides, found, strict=True):
+        names = match_columns(catalog.name, k)
+        slot = first[left_rows] + m.rank - 1  # the output row of each match
+        right_row = np.full(len(row_of), -1, dtype=np.int64)
+        right_row[slot] = m.right
+        hit = right_row >= 0
+        take = pa.array(right_row, mask=~hit)
+        columns[names["id"]] = side.columns[catalog.id].take(take)
+        sep = np.full(len(row_of), np.nan)
+        sep[slot] = m.sep_arcsec
+        columns[names["sep"]] = pa.array(sep, mask=~hit)
+        columns[names["n"]] = pa.array(counts[row_of], type=pa.int32())
+        if "rank" in names:
+            rank = np.zeros(len(row_of), dtype=np.int32)
+            rank[slot] = m.rank
+            columns[names["rank"]] = pa.array(rank, mask=~hit)
+        for band in catalog.band_columns:
+            columns[band] = side.columns[band].take(take)
+        no_match |= counts == 0
+        ambiguous |= counts > 1
+        stats[f"{catalog.name}.matched"] = stats.get(f"{catalog.name}.matched", 0) + int(np.count_nonzero(counts))
+        stats[f"{catalog.name}.ambiguous"] = stats.get(f"{catalog.name}.ambiguous", 0) + int(np.count_nonzero(counts > 1))
+    duplicated = pc.fill_null(pc.is_in(batch.column(plan.left.id), value_set=dup), False).to_numpy(
+        zero_copy_only=False)
+    flags = (np.where(~ok, int(Flag.BAD_COORDS), 0) | np.where(no_match, int(Flag.NO_MATCH), 0)
+             | np.where(duplicated, int(Flag.DUPLICATE_ID), 0) | np.where(ambiguous, int(Flag.AMBIGUOUS_MATCH), 0))
+    if FLAGS_COLUMN in batch.schema.names:  # this stage's bits ORed into any the left catalog carried
+        earlier = pc.fill_null(pc.cast(batch.column(FLAGS_COLUMN), pa.int64()), 0).to_numpy(zero_copy_only=False)
+        flags = flags | earlier
+    for flag, hits in count_flags(flags).items():
+        stats[f"flag.{flag}"] = stats.get(f"flag.{flag}", 0) + hits
+    stats["rows_in"] = stats.get("rows_in", 0) + n
+    columns[FLAGS_COLUMN] = pa.array(flags[row_of].astype(np.int32))
+    return pa.RecordBatch.from_arrays([columns[c] for c in plan.columns], schema=output_schema(plan))
 
 
-def _flags(plan: CrossmatchPlan, n_cols: list[str]):
-    """The ``flags`` column: this stage's bits ORed into any the left catalog carried."""
-    from pyspark.sql import functions as F
-
-    def bit(condition, flag: Flag):
-        return F.when(condition, F.lit(int(flag))).otherwise(F.lit(0))
-
-    flags = (bit(~F.col(_OK), Flag.BAD_COORDS)
-             + bit(_any(F.col(c) == 0 for c in n_cols), Flag.NO_MATCH)
-             + bit(F.col(_DUP).isNotNull(), Flag.DUPLICATE_ID)
-             + bit(_any(F.col(c) > 1 for c in n_cols), Flag.AMBIGUOUS_MATCH))  # distinct bits: + is |
-    if FLAGS_COLUMN in plan.left.columns:
-        flags = F.coalesce(F.col(FLAGS_COLUMN).cast("int"), F.lit(0)).bitwiseOR(flags)
-    return flags.cast("int")
-
-
-def _any(conditions):
-    return reduce(lambda a, b: a | b, conditions)
-
-
-def _summarise(spark, plan: CrossmatchPlan, rows_in: int, rows_out: int) -> dict:
-    """Per-left-row statistics, read back from the written catalog (cheap: a few narrow columns)."""
-    from pyspark.sql import functions as F
-
-    out = hats.read_hats(spark, plan.target)
-    if plan.algorithm.k > 1:  # one row per left row: its first rank (or its only row)
-        ranks = [F.col(f"{c.name}_rank") for c in plan.right]
-        out = out.filter(_any(F.coalesce(r == 1, F.lit(False)) for r in ranks)
-                         | ~_any(r.isNotNull() for r in ranks))
-    # One small job: rows per (flags, 0/1/2+ candidates in each right catalog).
-    names = [c.name for c in plan.right]
-    levels = [F.least(F.col(f"{name}_n_candidates"), F.lit(2)).alias(name) for name in names]
-    groups = out.groupBy(FLAGS_COLUMN, *levels).count().collect()
+def _summarise(plan: CrossmatchPlan, written: dict) -> dict:
+    """The job summary, from the statistics the tasks returned (no output is read back)."""
+    stats = written["stats"]
+    rows_in = stats.get("rows_in", 0)
     per_catalog = {}
-    for name in names:
-        matched = sum(g["count"] for g in groups if g[name] >= 1)
-        per_catalog[name] = {"matched": matched, "unmatched": rows_in - matched,
-                             "ambiguous": sum(g["count"] for g in groups if g[name] == 2),
-                             "match_rate": matched / rows_in if rows_in else 0.0}
-    flagged = dict.fromkeys((f.name for f in Flag), 0)
-    for g in groups:
-        for flag, hit in count_flags([g[FLAGS_COLUMN]]).items():
-            flagged[flag] += hit * g["count"]
+    for catalog in plan.right:
+        matched = stats.get(f"{catalog.name}.matched", 0)
+        per_catalog[catalog.name] = {"matched": matched, "unmatched": rows_in - matched,
+                                     "ambiguous": stats.get(f"{catalog.name}.ambiguous", 0),
+                                     "match_rate": matched / rows_in if rows_in else 0.0}
+    flagged = {f.name: stats.get(f"flag.{f.name}", 0) for f in Flag}
     return {"run": plan.run, "left": plan.left.name, "right": [c.name for c in plan.right],
-            "path": str(plan.target), "rows_in": rows_in, "rows_out": rows_out,
+            "path": str(plan.target), "rows_in": rows_in, "rows_out": written["n_rows"],
             "radius_arcsec": plan.algorithm.radius_arcsec, "k": plan.algorithm.k,
-            "join_order": plan.algorithm.properties().get("join_order"), "output_order": plan.output_order,
+            "join_order": plan.algorithm.join_order, "output_order": plan.output_order,
+            "task_order": written.get("task_order"), "right_rows_read": stats.get("right_rows_read", 0),
+            "right_rows_used": stats.get("right_rows_used", 0),
             "per_catalog": per_catalog, "flags": flagged}

@@ -2,9 +2,10 @@
 
 1. ``make_plan`` loads the survey map, finds the input files and checks every file's columns,
    types, array widths and units before any row is read (errors name file and column).
-2. ``ingest`` streams each file in chunks of ``ingest.chunk_rows`` rows through the
-   ``ChunkTransformer`` into Parquet files in the job's staging folder, counting rows per
-   HEALPix pixel; then chooses the smallest order whose fullest pixel holds at most
+2. ``ingest`` runs one Spark task per input file (biggest first): each streams its file in
+   chunks of ``ingest.chunk_rows`` rows through the ``ChunkTransformer`` into Parquet files in
+   the job's staging folder and reports its rows per HEALPix pixel and its statistics; the
+   driver adds up the reports (it reads no row) and chooses the smallest order whose fullest pixel holds at most
    ``ingest.max_rows_per_partition`` rows, and Spark writes ``catalogs/<name>`` with
    ``hats.write_hats``. Nothing reaches ``catalogs/`` unless every step succeeded.
 
@@ -17,6 +18,7 @@ columns, its Parquet files are ingested like any Parquet input.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -285,27 +287,11 @@ def ingest(spark, plan: IngestPlan, workdir) -> dict:
     t0 = time.time()
     if plan.hats_input is not None:
         return _link(spark, plan, t0)
-    stats = IngestStats()
-    counts = np.zeros(12 * 4**plan.max_order, dtype=np.int64)
-    shift = 2 * (hats.HEALPIX_ORDER - plan.max_order)
     with job_staging(workdir.root, "ingest") as stage:
         chunks = stage.path / "chunks"
         chunks.mkdir()
-        n_chunks = 0
-        for i, (reader, resolved) in enumerate(zip(plan.readers, plan.resolved, strict=True)):
-            transform = ChunkTransformer(plan.survey, plan.registry, resolved, plan.schema,
-                                         plan.bad_coords, plan.check_units, stats)
-            hints = {resolved[c]: pa.float64() for c in _float_sources(plan.survey) if c in resolved}
-            row = 0
-            for batch in reader.batches(sorted(set(resolved.values())), hints):
-                out, h29 = transform(batch, f"{reader.path} rows {row}..{row + batch.num_rows - 1}")
-                row += batch.num_rows
-                pixels, n = np.unique(h29 >> shift, return_counts=True)
-                counts[pixels] += n
-                pq.write_table(pa.Table.from_batches([out], schema=plan.schema),
-                               chunks / f"part-{i:05d}-{n_chunks:07d}.parquet")
-                n_chunks += 1
-        if n_chunks == 0:  # Spark needs one file to know the schema
+        stats, counts = _read_files(spark, plan, chunks)
+        if not any(chunks.iterdir()):  # Spark needs one file to know the schema
             pq.write_table(plan.schema.empty_table(), chunks / "part-empty.parquet")
         t_read = time.time()
         order, largest = choose_order(counts, plan.max_order, plan.max_rows_per_partition)
@@ -328,6 +314,86 @@ def ingest(spark, plan: IngestPlan, workdir) -> dict:
             "columns": plan.schema.names,
             "seconds": {"read": t_read - t0, "write": seconds - (t_read - t0), "total": seconds},
             "rows_per_s": stats.rows_read / seconds if seconds > 0 else 0.0}
+
+
+# One input file's report: its rows per pixel at max_order, its statistics (JSON) or its error.
+_FILE_REPORT = pa.schema([("file", pa.int32()), ("pixels", pa.list_(pa.int64())), ("counts", pa.list_(pa.int64())),
+                          ("stats", pa.string()), ("error", pa.string())])
+_FILE_REPORT_DDL = "file int, pixels array<long>, counts array<long>, stats string, error string"
+
+
+def _read_files(spark, plan: IngestPlan, chunks: Path) -> tuple[IngestStats, np.ndarray]:
+    """Transform every input file into Parquet chunks under ``chunks``: one Spark task per file.
+
+    Each task streams its file in chunks through the ``ChunkTransformer`` and reports its rows
+    per pixel at ``max_order`` and its statistics; the driver only adds the reports up (and
+    picks the order from them), it reads no row. A data error found in a file (IngestError)
+    comes back as the task's report and is raised here with its one-line message; the first
+    file's, in input order.
+
+    Returns:
+        (the statistics over all files, rows per pixel at ``plan.max_order``).
+    """
+    stats = IngestStats()
+    counts = np.zeros(12 * 4**plan.max_order, dtype=np.int64)
+    if not plan.readers:
+        return stats, counts
+    sizes = [r.path.stat().st_size if r.path.is_file() else 0 for r in plan.readers]
+    files = sorted(range(len(plan.readers)), key=lambda i: -sizes[i])  # biggest first
+    tasks = spark.sparkContext.parallelize([(i,) for i in files], len(files)).toDF("file int")
+    reports = tasks.mapInArrow(_file_task(plan, str(chunks)), _FILE_REPORT_DDL).collect()
+    errors = sorted((r.file, r.error) for r in reports if r.error)
+    if errors:
+        raise IngestError(errors[0][1])
+    for report in reports:
+        counts[np.asarray(report.pixels, dtype=np.int64)] += np.asarray(report.counts, dtype=np.int64)
+        totals = json.loads(report.stats)
+        for key in ("rows_read", "rows_kept", "bad_coords", "dropped"):
+            setattr(stats, key, getattr(stats, key) + totals[key])
+        for column, n in totals["out_of_range"].items():
+            stats.out_of_range[column] = stats.out_of_range.get(column, 0) + n
+    return stats, counts
+
+
+def _file_task(plan: IngestPlan, chunks: str):
+    """The ``mapInArrow`` function of ``_read_files``: ingest the listed files, report each."""
+
+    def run(tasks):
+        for task in tasks:
+            for i in task.column("file").to_pylist():
+                yield _ingest_file(plan, i, Path(chunks))
+
+    return run
+
+
+def _ingest_file(plan: IngestPlan, i: int, chunks: Path) -> pa.RecordBatch:
+    """Stream input file ``i`` into chunk files; its report (``_FILE_REPORT``)."""
+    reader, resolved = plan.readers[i], plan.resolved[i]
+    stats = IngestStats()
+    shift = 2 * (hats.HEALPIX_ORDER - plan.max_order)
+    pixels: list[np.ndarray] = []
+    try:
+        transform = ChunkTransformer(plan.survey, plan.registry, resolved, plan.schema,
+                                     plan.bad_coords, plan.check_units, stats)
+        hints = {resolved[c]: pa.float64() for c in _float_sources(plan.survey) if c in resolved}
+        row = 0
+        for n_chunk, batch in enumerate(reader.batches(sorted(set(resolved.values())), hints)):
+            out, h29 = transform(batch, f"{reader.path} rows {row}..{row + batch.num_rows - 1}")
+            row += batch.num_rows
+            pixels.append(h29 >> shift)
+            final = chunks / f"part-{i:05d}-{n_chunk:07d}.parquet"
+            # A hidden name until complete: a retried task never leaves a half file for Spark to read.
+            tmp = chunks / f".{final.name}.{uuid.uuid4().hex}.tmp"
+            pq.write_table(pa.Table.from_batches([out], schema=plan.schema), tmp)
+            os.replace(tmp, final)
+    except IngestError as err:
+        return pa.RecordBatch.from_pylist([{"file": i, "pixels": [], "counts": [], "stats": "{}", "error": str(err)}],
+                                          schema=_FILE_REPORT)
+    found, n = np.unique(np.concatenate(pixels), return_counts=True) if pixels else ([], [])
+    totals = {"rows_read": stats.rows_read, "rows_kept": stats.rows_kept, "bad_coords": stats.bad_coords,
+              "dropped": stats.dropped, "out_of_range": dict(stats.out_of_range)}
+    return pa.RecordBatch.from_pylist([{"file": i, "pixels": list(map(int, found)), "counts": list(map(int, n)),
+                                        "stats": json.dumps(totals), "error": None}], schema=_FILE_REPORT)
 
 
 def _float_sources(smap: SurveyMap) -> list[str]:

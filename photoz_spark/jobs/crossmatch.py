@@ -35,8 +35,10 @@ def print_summary(summary: dict, job=None) -> None:
 
     order = summary["join_order"]
     print("\n=== crossmatch ===")
-    print(f"match         radius {summary['radius_arcsec']:g} arcsec, k={summary['k']}, join order {order} "
+    print(f"match         radius {summary['radius_arcsec']:g} arcsec, k={summary['k']}, margin order {order} "
           f"(pixel {pixel_size_arcsec(order):.1f} arcsec), output order {summary['output_order']}")
+    print(f"tasks         one per block of left pixels at order {summary['task_order']}; "
+          f"{summary['right_rows_read']:,d} right rows read, {summary['right_rows_used']:,d} in the search regions")
     print(f"left          {summary['left']:<10} {summary['rows_in']:>11,d} rows in, {summary['rows_out']:,d} rows out")
     for name, s in summary["per_catalog"].items():
         print(f"  {name:<11} matched {s['matched']:>11,d} ({100 * s['match_rate']:5.1f} %)  "
