@@ -141,10 +141,12 @@ def test_paper_and_fast_schedules():
 
 
 def test_fast_recipe_trains_with_warmup_and_clipping():
+    from photoz_spark.train.loop import lr_at
+
     torch.manual_seed(0)
     model = BiLSTMMDN(ModelConfig(n_steps=6, hidden1=16, hidden2=8, dense=16, n_components=3, aggregate="flatten"))
     data, val = _toy(512, 0), _toy(256, 1)
-    settings = TrainSettings(max_epochs=6, batch_size=128, lr=3e-3, schedule="cosine", warmup_epochs=1,
+    settings = TrainSettings(max_epochs=10, batch_size=128, lr=3e-3, schedule="cosine", warmup_epochs=1,
                              optimizer="adamw", weight_decay=1e-4, grad_clip=1.0)
 
     def batches(epoch):
@@ -154,8 +156,10 @@ def test_fast_recipe_trains_with_warmup_and_clipping():
     result = train(model, batches, lambda: [val], settings, steps_per_epoch=4)
     lrs = [r["lr"] for r in result.history]
     assert lrs[0] == pytest.approx(3e-3 * (0.75 + 1e-3))        # last warm-up step of epoch 0
-    assert lrs[1] > lrs[2] > lrs[5] > 0                          # cosine decay after the warm-up
+    assert lrs[1] > lrs[2] > lrs[9] > 0                          # cosine decay after the warm-up
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"] - 0.3
+    short = TrainSettings(max_epochs=5, schedule="cosine", warmup_epochs=2)
+    assert lr_at(short, 0.25) == pytest.approx(1e-3 * (0.25 + 1e-3) / 0.5)  # warm-up capped at max_epochs / 10
 
 
 @pytest.mark.parametrize("aggregate, width", [("mean", 8), ("final", 8), ("flatten", 5 * 8)])

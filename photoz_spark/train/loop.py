@@ -55,7 +55,7 @@ class TrainSettings:
     schedule: str = "step"        # step: lr x lr_gamma every lr_step_epochs; cosine: to 0 at max_epochs
     lr_step_epochs: int = 50
     lr_gamma: float = 0.1
-    warmup_epochs: float = 0.0    # linear warm-up from 0 over this many epochs (cosine and step)
+    warmup_epochs: float = 0.0    # linear warm-up from 0 over this many epochs, at most max_epochs / 10
     grad_clip: float = 0.0        # max global gradient norm; 0 = no clipping
     patience: int = 20            # epochs without validation improvement before stopping
     seed: int = 0
@@ -86,12 +86,13 @@ def lr_at(settings: TrainSettings, epoch: float) -> float:
         The rate to use for the optimizer step taken at ``epoch``.
     """
     peak = settings.peak_lr
-    if settings.warmup_epochs > 0 and epoch < settings.warmup_epochs:
-        return peak * (epoch + 1e-3) / settings.warmup_epochs  # never exactly 0: the first step moves
+    warmup = min(settings.warmup_epochs, settings.max_epochs / 10)  # a short run (demo, test) still trains
+    if warmup > 0 and epoch < warmup:
+        return peak * (epoch + 1e-3) / warmup  # never exactly 0: the first step moves
     if settings.schedule == "step":
         return peak * settings.lr_gamma ** int(epoch // settings.lr_step_epochs)
-    span = max(settings.max_epochs - settings.warmup_epochs, 1e-9)
-    progress = min(max((epoch - settings.warmup_epochs) / span, 0.0), 1.0)
+    span = max(settings.max_epochs - warmup, 1e-9)
+    progress = min(max((epoch - warmup) / span, 0.0), 1.0)
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -32,10 +32,11 @@ def resolve_recipe(cfg: dict) -> dict:
 
     A key set explicitly (``train.batch_size=256``) overrides the recipe; ``recipes`` is dropped.
     """
-    recipes = cfg.get("recipes") or {}
-    if "recipe" in cfg:
-        require(cfg["recipe"] in recipes, f"train.recipe must be one of {', '.join(recipes)}, got {cfg['recipe']!r}")
-    preset = recipes.get(cfg.get("recipe"), {})
+    if "recipes" not in cfg:  # resolved already, or a plain dict of settings
+        return dict(cfg)
+    recipes = cfg["recipes"]
+    require(cfg.get("recipe") in recipes, f"train.recipe must be one of {', '.join(recipes)}, got {cfg.get('recipe')!r}")
+    preset = recipes[cfg["recipe"]]
     out = {k: v for k, v in cfg.items() if k != "recipes"}
     for key, value in preset.items():
         if out.get(key) is None:
