@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from photoz_spark.config import ConfigError, require
+from photoz_spark.config import ConfigError, _coerce, require
 from photoz_spark.model import ModelConfig
 from photoz_spark.train.loop import TrainSettings
 
@@ -39,8 +39,8 @@ def resolve_recipe(cfg: dict) -> dict:
     preset = recipes[cfg["recipe"]]
     out = {k: v for k, v in cfg.items() if k != "recipes"}
     for key, value in preset.items():
-        if out.get(key) is None:
-            out[key] = value
+        # an explicit value gets the preset's type (YAML 1.1 reads "1e-6" as a string)
+        out[key] = value if out.get(key) is None else _coerce(f"train.{key}", out[key], value)
     return out
 
 
