@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "jobs"))
+
 
 
 def kernel_rate(n_pixels: int) -> tuple[float, int, float]:
@@ -50,7 +50,7 @@ def main() -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     kernel, kernel_rows, t_grid = kernel_rate(args.pixels)
-    import simulate_sky
+    from photoz_spark.jobs import simulate_sky
 
     with tempfile.TemporaryDirectory() as workdir:
         simulate_sky.main(["--workdir", workdir, "--master", args.master, "sim.figure=false",

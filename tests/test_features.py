@@ -167,6 +167,45 @@ def test_standardise_round_trip():
     np.testing.assert_allclose(back[observed], features.reshape(500, 7, 2)[observed], rtol=1e-6)
 
 
+def test_luptitude_of_known_fluxes():
+    from photoz_spark.features.stats import luptitude
+
+    # 3631 uJy is AB 15.0; far above the softening the luptitude is the magnitude
+    assert luptitude(3631.0, 1.0) == pytest.approx(15.0, abs=1e-6)
+    # at zero flux: m_0 = -2.5 log10(b / 3631 Jy), finite; b = 1 uJy -> 23.9 (lit. 1.0857 * ... )
+    assert luptitude(0.0, 1.0) == pytest.approx(-2.5 * np.log10(1e-6 / 3631), abs=1e-9)
+    assert luptitude(0.0, 1.0) == pytest.approx(23.9, abs=1e-3)
+    # negative fluxes give fainter (larger) but finite values, monotone in flux
+    values = luptitude(np.array([-5.0, -1.0, 0.0, 1.0, 5.0]), 1.0)
+    assert np.isfinite(values).all() and (np.diff(values) < 0).all()
+
+
+def test_softening_from_the_sky_noise_and_asinh_standardise():
+    band_set = REG.band_set("desi_wise7")
+    rng = np.random.default_rng(7)
+    n = 4000
+    sigma = np.array([0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])          # per-band sky noise, uJy
+    flux = rng.lognormal(1.0, 1.5, (n, 7)) * sigma + rng.normal(0, 1, (n, 7)) * sigma
+    flux[:5] = 0.0                                                     # zero and negative fluxes
+    flux[5:10] = -3 * sigma
+    features = np.stack([flux, np.broadcast_to(sigma, (n, 7))], -1).reshape(n, 14).astype(np.float32)
+    observed = np.ones((n, 7), dtype=bool)
+    observed[10:20, 2] = False
+    stats = compute_stats(features, observed, band_set, representation="asinh_mag")
+    assert stats["representation"] == "asinh_mag"
+    # one error value per band: b = 1.042 sigma exactly
+    np.testing.assert_allclose(stats["softening"], 1.042 * sigma, rtol=1e-6)
+    x = standardise(features, observed, stats).reshape(n, 7, 2)
+    assert np.isfinite(x).all() and (x[10:20, 2] == 0).all()
+    assert x[0, 0, 0] == 0.0                                           # asinh(0) at zero flux
+    np.testing.assert_allclose(x[5:10, :, 0], np.arcsinh(-3 / 2.084), rtol=1e-5)
+    np.testing.assert_allclose(x[0, :, 1], 1 / 2.084, rtol=1e-5)       # sigma / 2b at zero flux
+    # the same features with the default representation are the standardised fluxes
+    assert compute_stats(features, observed, band_set)["representation"] == "flux"
+    with pytest.raises(ValueError, match="representation must be one of flux, asinh_mag"):
+        compute_stats(features, observed, band_set, representation="mag")
+
+
 # --- the job ---------------------------------------------------------------------------------
 
 def matched_table(n: int = 1200, seed: int = 5) -> pa.Table:

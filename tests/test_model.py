@@ -105,7 +105,8 @@ def test_training_reduces_loss_and_decays_lr():
     _, result = _fit()
     losses = [r["val_loss"] for r in result.history]
     assert losses[-1] < losses[0] - 0.3
-    assert [r["lr"] for r in result.history][:4] == pytest.approx([3e-3, 3e-3, 1.5e-3, 1.5e-3])
+    # the rate each epoch trained at: x0.5 after every 3 epochs
+    assert [r["lr"] for r in result.history][:5] == pytest.approx([3e-3, 3e-3, 3e-3, 1.5e-3, 1.5e-3])
     assert result.best_val_loss == min(losses)
 
 
@@ -123,6 +124,66 @@ def test_resume_after_kill_equals_unbroken_run(tmp_path):
     _, resumed = _fit(tmp_path, max_epochs=5)
     assert len(resumed.history) == 5
     assert [r["val_loss"] for r in resumed.history] == pytest.approx([r["val_loss"] for r in unbroken.history])
+
+
+def test_paper_and_fast_schedules():
+    from photoz_spark.train.loop import lr_at
+
+    paper = TrainSettings()
+    assert [lr_at(paper, e) for e in (0, 49.9, 50, 99, 100, 150)] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-6])
+    fast = TrainSettings(batch_size=1024, lr=1e-3, lr_scaling="linear", schedule="cosine", warmup_epochs=2,
+                         max_epochs=42, optimizer="adamw")
+    assert fast.peak_lr == pytest.approx(8e-3)
+    assert lr_at(fast, 1.0) == pytest.approx(8e-3 * 1.001 / 2)    # half-way up the warm-up
+    assert lr_at(fast, 2.0) == pytest.approx(8e-3)                # peak
+    assert lr_at(fast, 22.0) == pytest.approx(4e-3)               # half-way down the cosine
+    assert lr_at(fast, 42.0) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="optimizer must be one of adam, adamw"):
+        TrainSettings(optimizer="sgd")
+
+
+def test_fast_recipe_trains_with_warmup_and_clipping():
+    from photoz_spark.train.loop import lr_at
+
+    torch.manual_seed(0)
+    model = BiLSTMMDN(ModelConfig(n_steps=6, hidden1=16, hidden2=8, dense=16, n_components=3, aggregate="flatten"))
+    data, val = _toy(512, 0), _toy(256, 1)
+    settings = TrainSettings(max_epochs=10, batch_size=128, lr=3e-3, schedule="cosine", warmup_epochs=1,
+                             optimizer="adamw", weight_decay=1e-4, grad_clip=1.0)
+
+    def batches(epoch):
+        for i in range(0, 512, 128):
+            yield data[0][i:i + 128], data[1][i:i + 128], data[2][i:i + 128]
+
+    result = train(model, batches, lambda: [val], settings, steps_per_epoch=4)
+    lrs = [r["lr"] for r in result.history]
+    assert lrs[0] == pytest.approx(3e-3 * (0.75 + 1e-3))        # last warm-up step of epoch 0
+    assert lrs[1] > lrs[2] > lrs[9] > 0                          # cosine decay after the warm-up
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"] - 0.3
+    short = TrainSettings(max_epochs=5, schedule="cosine", warmup_epochs=2)
+    assert lr_at(short, 0.25) == pytest.approx(1e-3 * (0.25 + 1e-3) / 0.5)  # warm-up capped at max_epochs / 10
+
+
+@pytest.mark.parametrize("aggregate, width", [("mean", 8), ("final", 8), ("flatten", 5 * 8)])
+def test_aggregate_shapes_and_band_identity(aggregate, width):
+    torch.manual_seed(0)
+    net = BiLSTMMDN(ModelConfig(n_steps=5, hidden1=8, hidden2=4, dense=8, n_components=3, aggregate=aggregate))
+    assert net.dense.in_features == width
+    steps = torch.randn(2, 5, 8)
+    swapped = steps[:, [1, 0, 2, 3, 4]]                 # band 0 and band 1 exchange what they said
+    out = net.aggregate(steps)
+    assert out.shape == (2, width)
+    if aggregate == "mean":                              # blind to which band said what
+        torch.testing.assert_close(net.aggregate(swapped), out)
+    elif aggregate == "flatten":                         # band t's outputs at [t*8, (t+1)*8)
+        torch.testing.assert_close(out[:, 8:16], steps[:, 1])
+        assert not torch.allclose(net.aggregate(swapped), out)
+    else:                                                # forward at the last band, backward at the first
+        torch.testing.assert_close(out, torch.cat([steps[:, 4, :4], steps[:, 0, 4:]], -1))
+    logits, mu, sigma = net(torch.randn(3, 10), torch.ones(3, 5, dtype=torch.bool))
+    assert logits.shape == mu.shape == sigma.shape == (3, 3)
+    with pytest.raises(ValueError, match="model.aggregate must be one of flatten, final, mean"):
+        ModelConfig(n_steps=5, aggregate="sum")
 
 
 def test_inference_batch_norm_is_the_batch_norm_affine_map():

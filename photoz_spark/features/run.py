@@ -33,7 +33,7 @@ from photoz_spark.features.build import (
 from photoz_spark.features.catalog import LAYOUT_FILE, STATS_FILE
 from photoz_spark.features.extinction import extinction_columns
 from photoz_spark.features.split import SPLITS, check_fractions
-from photoz_spark.features.stats import stats_from_moments
+from photoz_spark.features.stats import REPRESENTATIONS, stats_from_moments
 from photoz_spark.flags import FLAGS_COLUMN
 from photoz_spark.staging import job_staging
 
@@ -54,6 +54,8 @@ def feature_spec(cfg: dict, registry: BandCatalog) -> FeatureSpec:
     split = cfg["split"]
     fractions = check_fractions([split[name] for name in SPLITS])
     require(cfg["z_max"] > 0, f"features.z_max must be > 0, got {cfg['z_max']}")
+    require(cfg["representation"] in REPRESENTATIONS,
+            f"features.representation must be one of {', '.join(REPRESENTATIONS)}, got {cfg['representation']!r}")
     return FeatureSpec(
         band_set=band_set, registry=registry, id_column=cfg["id_column"] or left.id,
         ra_column=left.ra, dec_column=left.dec, z_column=cfg["z_column"],
@@ -180,7 +182,7 @@ def build_features(spark, cfg: dict, registry: BandCatalog, workdir) -> dict:
     featured = featured.persist(StorageLevel.MEMORY_AND_DISK)  # read by the summary and the write
     try:
         summary = _summary(featured, spec, schema)
-        stats = {**stats_from_moments(summary["train"], spec.band_set), "split": "train",
+        stats = {**stats_from_moments(summary["train"], spec.band_set, cfg["representation"]), "split": "train",
                  "n_rows": summary["splits"]["train"]}
         lay = layout(spec, cfg["matched"])
         t_features = time.time() - t0

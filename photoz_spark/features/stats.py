@@ -4,6 +4,18 @@ Each partition reduces its rows to (count, mean, m2) per (band, channel), m2 bei
 squared deviations from the partition's own mean; partials combine pairwise with Chan et al.'s
 formula. This is the sum / sum-of-squares / count idea without the cancellation that
 ``sumsq/n - mean**2`` suffers when the mean is large compared with the spread.
+
+The representation the network sees (``features.representation``, recorded in stats.json so
+that training, scoring and evaluation apply the same one through ``standardise``):
+
+* ``flux``: the paper's (flux, flux_err) in uJy, standardised per (band, channel);
+* ``asinh_mag``: asinh magnitudes (Lupton, Gunn & Szalay 1999) and their errors, in units of
+  2.5/ln 10 mag: ``asinh(f / 2b)`` and ``sigma / sqrt(4b^2 + f^2)``, finite for zero and negative
+  fluxes. The per-band softening ``b = 1.042 sigma_sky`` (their optimal choice) comes from the
+  training split itself: ``sigma_sky = 1 / sqrt(mean inverse variance)`` of the band's observed
+  errors, dominated by the faint, sky-limited sources (a 5-sigma depth m_5 means
+  sigma_sky = 10^(-0.4 m_5) * 3631 Jy / 5). No depth has to be configured, so a real survey needs
+  nothing new. These values are O(1) by construction (about 0-8 and 0-0.5) and are not rescaled.
 """
 
 from __future__ import annotations
@@ -11,7 +23,12 @@ from __future__ import annotations
 import numpy as np
 
 from photoz_spark.bands import BandSet
-from photoz_spark.features.sequencing import CHANNELS, UNIT
+from photoz_spark.features.sequencing import CHANNELS, UJY_PER_JY, UNIT
+
+REPRESENTATIONS = ("flux", "asinh_mag")
+SOFTENING_PER_SIGMA = 1.042     # b / sigma_sky minimising the luptitude's variance (Lupton et al. 1999)
+POGSON = 2.5 / np.log(10.0)     # 1.0857: magnitudes per unit of ln(flux)
+AB_ZERO_POINT_UJY = 3631.0 * UJY_PER_JY
 
 
 def _steps(features: np.ndarray, n_steps: int) -> np.ndarray:
@@ -30,7 +47,9 @@ def moments(features: np.ndarray, observed: np.ndarray, rows: np.ndarray | None 
         rows: bool [N] of the rows to include (e.g. the training split); None = all.
 
     Returns:
-        {"count": int64 [T, C], "mean": float64 [T, C], "m2": float64 [T, C]}.
+        {"count": int64 [T, C], "mean": float64 [T, C], "m2": float64 [T, C],
+        "inv_var": float64 [T], the sum of 1 / flux_err^2 over the observed values (the softening
+        of ``asinh_mag``)}.
     """
     observed = np.asarray(observed, dtype=bool)
     x = _steps(features, observed.shape[1])
@@ -40,7 +59,9 @@ def moments(features: np.ndarray, observed: np.ndarray, rows: np.ndarray | None 
     count = mask.sum(axis=0).astype(np.int64)
     mean = np.where(mask, x, 0.0).sum(axis=0) / np.maximum(count, 1)
     m2 = (np.where(mask, x - mean, 0.0) ** 2).sum(axis=0)
-    return {"count": count, "mean": mean, "m2": m2}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_var = np.where(mask[:, :, 1], 1.0 / x[:, :, 1] ** 2, 0.0).sum(axis=0)
+    return {"count": count, "mean": mean, "m2": m2, "inv_var": inv_var}
 
 
 def combine_moments(a: dict, b: dict) -> dict:
@@ -50,15 +71,41 @@ def combine_moments(a: dict, b: dict) -> dict:
     n = na + nb
     share_b = nb / np.maximum(n, 1)
     delta = mean_b - mean_a
-    return {
+    out = {
         "count": n,
         "mean": mean_a + delta * share_b,
         "m2": np.asarray(a["m2"], dtype=np.float64) + np.asarray(b["m2"], dtype=np.float64)
         + delta**2 * na * share_b,
     }
+    if "inv_var" in a and "inv_var" in b:
+        out["inv_var"] = np.asarray(a["inv_var"], dtype=np.float64) + np.asarray(b["inv_var"], dtype=np.float64)
+    return out
 
 
-def stats_from_moments(m: dict, band_set: BandSet) -> dict:
+def softening(m: dict) -> np.ndarray:
+    """Per-band asinh softening b (uJy) from moments: 1.042 / sqrt(mean inverse variance); 1 where unobserved."""
+    n_err = np.asarray(m["count"], dtype=np.float64)[:, 1]
+    inv_var = np.asarray(m["inv_var"], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b = SOFTENING_PER_SIGMA * np.sqrt(n_err / inv_var)
+    return np.where(np.isfinite(b) & (b > 0), b, 1.0)
+
+
+def luptitude(flux: np.ndarray, softening_ujy: np.ndarray | float) -> np.ndarray:
+    """AB asinh magnitude of a flux in uJy (finite for zero and negative fluxes).
+
+    Args:
+        flux: flux in uJy.
+        softening_ujy: the band's softening b in uJy.
+
+    Returns:
+        -2.5/ln10 * (asinh(f / 2b) + ln(b / 3631 Jy)); equals the AB magnitude for f >> b.
+    """
+    b = np.asarray(softening_ujy, dtype=np.float64)
+    return -POGSON * (np.arcsinh(np.asarray(flux, dtype=np.float64) / (2 * b)) + np.log(b / AB_ZERO_POINT_UJY))
+
+
+def stats_from_moments(m: dict, band_set: BandSet, representation: str = "flux") -> dict:
     """JSON-serialisable statistics from (combined) moments.
 
     The standard deviation is the population one (numpy's default, ddof=0). A (band, channel)
@@ -68,43 +115,59 @@ def stats_from_moments(m: dict, band_set: BandSet) -> dict:
     Args:
         m: moments as from ``moments`` / ``combine_moments``, shaped [T, C].
         band_set: the bands the moments are of, in sequence order.
+        representation: what ``standardise`` feeds the network: ``flux`` or ``asinh_mag``.
 
     Returns:
-        {"band_set", "bands", "channels", "unit", "count", "mean", "std"}, the last three
-        nested lists [T][C].
+        {"band_set", "bands", "channels", "unit", "representation", "count", "mean", "std"
+        (the last three nested lists [T][C], of the fluxes), "softening" ([T], uJy; only with
+        moments that hold ``inv_var``)}.
     """
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"features.representation must be one of {', '.join(REPRESENTATIONS)}, "
+                         f"got {representation!r}")
+    if representation == "asinh_mag" and "inv_var" not in m:
+        raise ValueError("asinh_mag needs the inverse-variance moments: rebuild the features")
     count = np.asarray(m["count"], dtype=np.int64)
     if count.shape != (len(band_set), len(CHANNELS)):
         raise ValueError(f"moments are {count.shape}, band set {band_set.name} needs "
                          f"({len(band_set)}, {len(CHANNELS)})")
     std = np.sqrt(np.asarray(m["m2"], dtype=np.float64) / np.maximum(count, 1))
-    return {
+    stats = {
         "band_set": band_set.name,
         "bands": band_set.names,
         "channels": list(CHANNELS),
         "unit": UNIT,
+        "representation": representation,
         "count": count.tolist(),
         "mean": np.where(count > 0, m["mean"], 0.0).tolist(),
         "std": np.where((count > 0) & (std > 0), std, 1.0).tolist(),
     }
+    if "inv_var" in m:
+        stats["softening"] = softening(m).tolist()
+    return stats
 
 
 def compute_stats(features: np.ndarray, observed: np.ndarray, band_set: BandSet,
-                  rows: np.ndarray | None = None) -> dict:
+                  rows: np.ndarray | None = None, representation: str = "flux") -> dict:
     """Mean and std per (band, channel) of the observed values of ``rows`` (in memory).
 
     Args:
         features, observed, rows: see ``moments``.
         band_set: the bands of the sequence.
+        representation: see ``stats_from_moments``.
 
     Returns:
         The statistics dict of ``stats_from_moments``.
     """
-    return stats_from_moments(moments(features, observed, rows), band_set)
+    return stats_from_moments(moments(features, observed, rows), band_set, representation)
 
 
 def standardise(features: np.ndarray, observed: np.ndarray, stats: dict) -> np.ndarray:
-    """(x - mean) / std per (band, channel); unobserved steps become 0, the mean.
+    """The network's input in the statistics' representation; unobserved steps become 0.
+
+    ``flux`` (also a stats.json without ``representation``): (x - mean) / std per (band, channel),
+    0 being the mean. ``asinh_mag``: (asinh(f / 2b), sigma / sqrt(4b^2 + f^2)) per band, b the
+    band's ``softening`` (see the module docstring).
 
     Args:
         features: float [N, T*C] raw features from ``sequence``.
@@ -119,5 +182,15 @@ def standardise(features: np.ndarray, observed: np.ndarray, stats: dict) -> np.n
     if observed.shape[1:] != mean.shape[:1]:
         raise ValueError(f"observed has {observed.shape[1:]} steps, the statistics {len(mean)}")
     x = _steps(features, len(mean))
-    scaled = np.where(observed[:, :, None], (x - mean) / std, 0.0)
+    representation = stats.get("representation", "flux")
+    if representation == "asinh_mag":
+        b = np.asarray(stats["softening"], dtype=np.float64)
+        with np.errstate(invalid="ignore"):  # NaN at unobserved steps, replaced below
+            values = np.stack([np.arcsinh(x[..., 0] / (2 * b)), x[..., 1] / np.hypot(2 * b, x[..., 0])], axis=-1)
+    elif representation == "flux":
+        values = (x - mean) / std
+    else:
+        raise ValueError(f"stats.json has representation {representation!r}; this version knows "
+                         f"{', '.join(REPRESENTATIONS)}")
+    scaled = np.where(observed[:, :, None], values, 0.0)
     return scaled.reshape(len(x), scaled.shape[1] * scaled.shape[2]).astype(np.float32)  # 0 rows too

@@ -1,9 +1,19 @@
 """The LSTM-MDNz network: Bi-LSTM encoder over the band sequence and a Gaussian-mixture head.
 
 BiLSTM(128/dir) -> dropout 0.3 -> batch-norm -> BiLSTM(64/dir) -> dropout 0.3 -> batch-norm ->
-mean over the sequence -> dense (ReLU) -> MDN with K = 15 Gaussians (softmax weights, free
-means, softplus sigmas). Each step's input is (flux, flux_err) standardised, plus the
+aggregation over the sequence -> dense (ReLU) -> MDN with K = 15 Gaussians (softmax weights,
+free means, softplus sigmas). Each step's input is the two standardised channels of
+``features.stats.standardise`` (flux and flux_err, or asinh magnitude and its error), plus the
 band's observed flag, so a missing band is seen as missing rather than as an average flux.
+
+``aggregate`` turns the second Bi-LSTM's per-step outputs [B, T, 2*hidden2] into one vector:
+
+* ``flatten``: the per-step outputs concatenated band by band [B, T*2*hidden2] (the paper's
+  "final hidden states ... aggregated into a unified feature vector"): the dense layer knows
+  which band said what;
+* ``final``: the last state of each direction (forward at the last band, backward at the
+  first) [B, 2*hidden2];
+* ``mean``: the average over bands [B, 2*hidden2] (this project's first version).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 SIGMA_FLOOR = 1e-4
+AGGREGATES = ("flatten", "final", "mean")
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,11 @@ class ModelConfig:
     dropout: float = 0.3
     dense: int = 128
     n_components: int = 15
+    aggregate: str = "mean"   # flatten | final | mean (see the module docstring)
+
+    def __post_init__(self):
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"model.aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +73,8 @@ class BiLSTMMDN(nn.Module):
         self.lstm2 = nn.LSTM(2 * c.hidden1, c.hidden2, batch_first=True, bidirectional=True)
         self.norm2 = _SeqBatchNorm(2 * c.hidden2)
         self.drop = nn.Dropout(c.dropout)
-        self.dense = nn.Linear(2 * c.hidden2, c.dense)
+        width = 2 * c.hidden2 * (c.n_steps if c.aggregate == "flatten" else 1)
+        self.dense = nn.Linear(width, c.dense)
         self.head = nn.Linear(c.dense, 3 * c.n_components)
 
     def forward(self, features: torch.Tensor, observed: torch.Tensor):
@@ -68,9 +85,20 @@ class BiLSTMMDN(nn.Module):
             x = torch.cat([x, observed.to(x.dtype)[..., None]], dim=-1)
         x = self.norm1(self.drop(self.lstm1(x)[0]))
         x = self.norm2(self.drop(self.lstm2(x)[0]))
-        x = F.relu(self.dense(x.mean(dim=1)))
+        x = F.relu(self.dense(self.aggregate(x)))
         logits, mu, raw_sigma = self.head(x).float().chunk(3, dim=-1)  # mixture maths in fp32
         return logits, mu, F.softplus(raw_sigma) + SIGMA_FLOOR
+
+
+    def aggregate(self, steps: torch.Tensor) -> torch.Tensor:
+        """The second Bi-LSTM's per-step outputs [B, T, 2*hidden2] -> one vector per object."""
+        how = self.config.aggregate
+        if how == "flatten":
+            return steps.reshape(steps.shape[0], -1)
+        if how == "final":  # forward direction ends at the last band, backward at the first
+            h = self.config.hidden2
+            return torch.cat([steps[:, -1, :h], steps[:, 0, h:]], dim=-1)
+        return steps.mean(dim=1)
 
 
 def mixture(logits, mu, sigma):

@@ -1,4 +1,14 @@
-"""The training loop in plain torch: Adam, step decay, early stopping, checkpoint and resume.
+"""The training loop in plain torch: the recipe's optimiser and schedule, early stopping, checkpoint, resume.
+
+Two recipes (``TrainSettings.recipe``, presets in conf/train.yaml):
+
+* ``paper``: Adam (lr 1e-3, batch 128), lr x 0.1 every 50 epochs, early stopping after 20
+  epochs without improvement, best weights;
+* ``fast``: a large batch with the learning rate scaled linearly from its reference batch,
+  a linear warm-up then a cosine decay to 0 at ``max_epochs``, AdamW and gradient clipping.
+
+The learning rate is a pure function of (epoch, step in epoch) (``lr_at``), set before each
+optimizer step: a resumed run follows the same schedule as an unbroken one.
 
 Runs alone on CPU or GPU, or as one rank of a torch.distributed job (TorchDistributor):
 under DDP every rank must take the same number of steps per epoch, which the feeding layer
@@ -9,6 +19,7 @@ early-stopping decision.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -24,18 +35,65 @@ from photoz_spark.model.network import BiLSTMMDN
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # features [B, T*C], observed [B, T], z [B]
 
 
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("step", "cosine")
+LR_REFERENCE_BATCH = 128          # "linear" lr scaling: lr is the rate at this batch size
+
+
 @dataclass
 class TrainSettings:
+    """Defaults are the paper's recipe; conf/train.yaml holds both recipes' presets."""
+
     max_epochs: int = 200
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = 128         # the GLOBAL batch: all ranks together take one optimizer step on it
+    lr: float = 1e-3              # at LR_REFERENCE_BATCH when lr_scaling is "linear"
+    lr_scaling: str = "none"      # "linear": lr x batch_size / LR_REFERENCE_BATCH
+    optimizer: str = "adam"       # adam | adamw
+    weight_decay: float = 0.0     # decoupled (AdamW); adam: none
     beta1: float = 0.9
     beta2: float = 0.999
-    lr_step_epochs: int = 50      # lr x lr_gamma every this many epochs
+    schedule: str = "step"        # step: lr x lr_gamma every lr_step_epochs; cosine: to 0 at max_epochs
+    lr_step_epochs: int = 50
     lr_gamma: float = 0.1
+    warmup_epochs: float = 0.0    # linear warm-up from 0 over this many epochs, at most max_epochs / 10
+    grad_clip: float = 0.0        # max global gradient norm; 0 = no clipping
     patience: int = 20            # epochs without validation improvement before stopping
     seed: int = 0
     autocast: str = "none"        # "bf16" or "fp16" on GPU; mixture maths stays fp32
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.lr_scaling not in ("none", "linear"):
+            raise ValueError(f"train.lr_scaling must be none or linear, got {self.lr_scaling!r}")
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate after warm-up (scaled to the batch size when lr_scaling is linear)."""
+        return self.lr * (self.batch_size / LR_REFERENCE_BATCH if self.lr_scaling == "linear" else 1.0)
+
+
+def lr_at(settings: TrainSettings, epoch: float) -> float:
+    """The learning rate at a (fractional) epoch: ``epoch + step / steps_per_epoch``.
+
+    Args:
+        settings: the recipe.
+        epoch: epochs completed, fractional within an epoch (0 = the first step).
+
+    Returns:
+        The rate to use for the optimizer step taken at ``epoch``.
+    """
+    peak = settings.peak_lr
+    warmup = min(settings.warmup_epochs, settings.max_epochs / 10)  # a short run (demo, test) still trains
+    if warmup > 0 and epoch < warmup:
+        return peak * (epoch + 1e-3) / warmup  # never exactly 0: the first step moves
+    if settings.schedule == "step":
+        return peak * settings.lr_gamma ** int(epoch // settings.lr_step_epochs)
+    span = max(settings.max_epochs - warmup, 1e-9)
+    progress = min(max((epoch - warmup) / span, 0.0), 1.0)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -85,20 +143,30 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)  # atomic: a kill mid-save leaves the previous checkpoint
 
 
+def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """Adam or AdamW at the recipe's peak rate (the schedule rescales it every step)."""
+    kind = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    extra = {"weight_decay": settings.weight_decay} if settings.optimizer == "adamw" else {}
+    return kind(model.parameters(), lr=settings.peak_lr, betas=(settings.beta1, settings.beta2), **extra)
+
+
 def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
           val_batches: Callable[[], Iterable[Batch]], settings: TrainSettings, *,
           device: str | torch.device = "cpu", checkpoint: str | Path | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train ``model`` with the method's recipe; resume from ``checkpoint`` if it exists.
+          on_epoch: Callable[[dict], None] | None = None, steps_per_epoch: int | None = None) -> TrainResult:
+    """Train ``model`` with the settings' recipe; resume from ``checkpoint`` if it exists.
 
     Args:
         model: the network (moved to ``device`` here; wrapped in DDP when torch.distributed is up).
-        train_batches: epoch -> iterable of standardised training batches (same length on every rank).
+        train_batches: epoch -> iterable of standardised training batches (same length on every rank;
+            under DDP each rank's batch is ``settings.batch_size // world`` rows).
         val_batches: () -> iterable of validation batches.
         settings: optimiser, schedule, early stopping, seed, autocast.
         device: where to train.
         checkpoint: a file written every epoch (rank 0) and read at start to resume after a kill.
         on_epoch: called with each epoch's record (epoch, train_loss, val_loss, lr, seconds, samples_per_s).
+        steps_per_epoch: optimizer steps per epoch, for warm-up and the cosine schedule within an
+            epoch; None: the rate changes only between epochs (enough for the step schedule).
     Returns:
         TrainResult with the best weights (lowest validation NLL), restored into ``model`` too.
     """
@@ -106,8 +174,7 @@ def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
     torch.manual_seed(settings.seed)
     model.to(device)
     net = torch.nn.parallel.DistributedDataParallel(model) if _distributed() else model
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(settings.beta1, settings.beta2))
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=settings.lr_step_epochs, gamma=settings.lr_gamma)
+    opt = make_optimizer(model, settings)
     state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": [],
              "best_state": copy.deepcopy(model.state_dict())}
     checkpoint = Path(checkpoint) if checkpoint else None
@@ -115,16 +182,14 @@ def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
         state = saved["loop"]
     stopped = False
     while state["epoch"] < settings.max_epochs:
         epoch = state["epoch"]
         torch.manual_seed(settings.seed + epoch)  # per-epoch seed: a resumed run equals an unbroken one
-        record = _run_epoch(net, opt, train_batches(epoch), device, settings)
-        sched.step()
+        record = _run_epoch(net, opt, train_batches(epoch), device, settings, epoch, steps_per_epoch)
         record["val_loss"] = evaluate_loss(net, val_batches(), device, settings.autocast)
-        record.update(epoch=epoch, lr=opt.param_groups[0]["lr"])
+        record["epoch"] = epoch
         state["history"].append(record)
         if record["val_loss"] < state["best_val_loss"]:
             state.update(best_val_loss=record["val_loss"], best_epoch=epoch, bad_epochs=0,
@@ -133,8 +198,7 @@ def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         if checkpoint and _rank() == 0:
-            _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                          "scheduler": sched.state_dict(), "loop": state})
+            _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(), "loop": state})
         if on_epoch:
             on_epoch(record)
         if state["bad_epochs"] >= settings.patience:
@@ -146,11 +210,16 @@ def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
                        history=state["history"], stopped_early=stopped)
 
 
-def _run_epoch(net, opt, batches: Iterable[Batch], device, settings: TrainSettings) -> dict:
+def _run_epoch(net, opt, batches: Iterable[Batch], device, settings: TrainSettings, epoch: int,
+               steps_per_epoch: int | None) -> dict:
     net.train()
     t0, n_seen = time.perf_counter(), 0
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for features, observed, z in batches:
+    lr = lr_at(settings, epoch)
+    for step, (features, observed, z) in enumerate(batches):
+        lr = lr_at(settings, epoch + (step / steps_per_epoch if steps_per_epoch else 0.0))
+        for group in opt.param_groups:
+            group["lr"] = lr
         features, observed, z = (features.to(device, non_blocking=True), observed.to(device, non_blocking=True),
                                  z.to(device, non_blocking=True))
         with _autocast(device, settings.autocast):
@@ -158,11 +227,13 @@ def _run_epoch(net, opt, batches: Iterable[Batch], device, settings: TrainSettin
         loss = mdn.nll(logits, mu, sigma, z.float()).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
         opt.step()
         total += loss.detach().double() * len(z)
         n_seen += len(z)
     if not torch.isfinite(total):  # checked once per epoch: a per-step check would sync the GPU
         raise FloatingPointError("training loss is not finite: check the features for NaN/inf")
     seconds = time.perf_counter() - t0
-    return {"train_loss": float(total) / max(n_seen, 1), "seconds": seconds,
+    return {"train_loss": float(total) / max(n_seen, 1), "seconds": seconds, "lr": lr,
             "samples_per_s": n_seen / seconds if seconds > 0 else 0.0}

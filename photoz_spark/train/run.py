@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from photoz_spark.config import require
+from photoz_spark.config import ConfigError, _coerce, require
 from photoz_spark.errors import InputError, MissingInput
 from photoz_spark.features.catalog import LAYOUT_FILE
 from photoz_spark.model import ModelConfig
@@ -29,9 +29,39 @@ from photoz_spark.train.loop import TrainSettings
 STATUS_OK = "ok"
 
 
+def resolve_recipe(cfg: dict) -> dict:
+    """``train`` settings with the chosen recipe's values filled in where a key is null.
+
+    A key set explicitly (``train.batch_size=256``) overrides the recipe; ``recipes`` is dropped.
+    """
+    if "recipes" not in cfg:  # resolved already, or a plain dict of settings
+        return dict(cfg)
+    recipes = cfg["recipes"]
+    require(cfg.get("recipe") in recipes, f"train.recipe must be one of {', '.join(recipes)}, got {cfg.get('recipe')!r}")
+    preset = recipes[cfg["recipe"]]
+    out = {k: v for k, v in cfg.items() if k != "recipes"}
+    for key, value in preset.items():
+        # an explicit value gets the preset's type (YAML 1.1 reads "1e-6" as a string)
+        out[key] = value if out.get(key) is None else _coerce(f"train.{key}", out[key], value)
+    return out
+
+
 def settings_from(cfg: dict) -> TrainSettings:
     fields = TrainSettings.__dataclass_fields__
-    return TrainSettings(**{k: v for k, v in cfg.items() if k in fields})
+    cfg = resolve_recipe(cfg)
+    try:
+        return TrainSettings(**{k: v for k, v in cfg.items() if k in fields})
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def rank_batch(batch_size: int, world: int) -> int:
+    """Rows per rank of a global batch: DDP averages the ranks' gradients, so ``world`` ranks of
+    ``batch_size // world`` rows take the same optimizer step as one process on ``batch_size``."""
+    if batch_size % world:
+        raise ConfigError(f"train.batch_size={batch_size} is the global batch and must divide evenly over "
+                          f"train.num_processes={world} ranks")
+    return batch_size // world
 
 
 def validate(cfg: dict, layout: dict, stats: dict, counts: dict) -> None:
@@ -42,17 +72,21 @@ def validate(cfg: dict, layout: dict, stats: dict, counts: dict) -> None:
     for key in ("num_processes", "max_epochs", "batch_size", "patience", "lr_step_epochs"):
         require(cfg[key] >= 1, f"train.{key} must be >= 1, got {cfg[key]}")
     require(cfg["lr"] > 0, "train.lr must be > 0")
+    for key in ("weight_decay", "warmup_epochs", "grad_clip"):
+        require(cfg[key] >= 0, f"train.{key} must be >= 0, got {cfg[key]}")
     require(cfg["recalibrate"] in (True, False), f"train.recalibrate must be true or false, got {cfg['recalibrate']!r}")
     require(int(cfg["calibration_knots"]) >= 1, "train.calibration_knots must be >= 1")
     require(layout["band_set"] == cfg["band_set"],
             f"features were built for band set {layout['band_set']!r}, not {cfg['band_set']!r}")
     require(len(stats["mean"]) == layout["n_steps"] == len(layout["bands"]),
             "stats.json and layout.json disagree on the number of bands: rebuild the features")
+    settings_from(cfg)  # unknown optimizer/schedule -> one-line error
+    batch = rank_batch(cfg["batch_size"], cfg["num_processes"])
     for split in ("train", "validation"):
         per_rank = counts[split] // cfg["num_processes"]
-        require(per_rank >= (cfg["batch_size"] if split == "train" else 1),
+        require(per_rank >= (batch if split == "train" else 1),
                 f"the {split} split has {counts[split]} rows: too few for {cfg['num_processes']} ranks"
-                + (f" at batch {cfg['batch_size']}" if split == "train" else ""))
+                + (f" at batch {cfg['batch_size']} ({batch} per rank)" if split == "train" else ""))
     require(bool(np.all(np.isfinite(stats["std"]))) and min(min(s) for s in stats["std"]) > 0,
             "stats.json has a zero or non-finite std: a band has no variation in the training split")
 
@@ -88,6 +122,7 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
     feed = ArrowFeed(features_dir) if feed is None else feed
     val_data = feed.eval_data("validation", rank, world)
     settings = settings_from(cfg)
+    torch.manual_seed(settings.seed)  # the initial weights: each rank process starts with a random torch seed
     model = BiLSTMMDN(ModelConfig(**model_cfg))
 
     log_metric = None
@@ -108,10 +143,13 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
             print(f"epoch {record['epoch']:4d}  train NLL {record['train_loss']:8.4f}  val NLL {record['val_loss']:8.4f}"
                   f"  lr {record['lr']:.1e}  {line['samples_per_s']:9,.0f} samples/s", flush=True)
 
+    batch = rank_batch(settings.batch_size, world)  # batch_size is global: world ranks step together on it
+    steps = (int(cfg.get("train_rows", 0)) // world) // batch or None
     try:
-        result = train(model, lambda e: feed.train_batches(e, rank, world, settings.batch_size, settings.seed),
+        result = train(model, lambda e: feed.train_batches(e, rank, world, batch, settings.seed),
                        lambda: eval_batches(val_data), settings, device=device,
-                       checkpoint=out / "checkpoint.pt" if cfg["resume"] else None, on_epoch=on_epoch)
+                       checkpoint=out / "checkpoint.pt" if cfg["resume"] else None, on_epoch=on_epoch,
+                       steps_per_epoch=steps)
     finally:
         feed.close()
     if rank == 0:
@@ -209,7 +247,7 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
     from photoz_spark.train.feeding import ArrowFeed, PetastormFeed, import_petastorm
 
     t0 = time.time()
-    cfg = config["train"]
+    cfg = resolve_recipe(config["train"])
     if cfg["backend"] == "petastorm":
         import_petastorm()  # not installed: a one-line error before anything starts
     registry.band_set(cfg["band_set"])  # unknown band set -> one-line error
@@ -219,6 +257,7 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
     feed = ArrowFeed(features_dir)
     counts = {s: feed.count(s) for s in ("train", "validation", "test")}
     validate(cfg, feed.layout, feed.stats, counts)
+    cfg["train_rows"] = counts["train"]  # the ranks' steps per epoch, for warm-up and cosine schedules
     check_finite(feed.load("train"), "train")
     splits = {"validation": feed.load("validation")}  # read once: checked now, evaluated after training
     check_finite(splits["validation"], "validation")
