@@ -104,7 +104,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=2_000_000, help="--job-path: rows of the pixel file scored")
     parser.add_argument("--train-rows", type=int, default=0,
                         help="--job-path: rows of the toy training catalog (0: min(rows, 400k))")
-    parser.add_argument("--epochs", type=int, default=0, help="--job-path: epochs per recipe (0: 20 on CUDA, 3 on CPU)")
+    parser.add_argument("--epochs", type=int, default=0, help="--job-path: epochs per recipe (0: 10 on CUDA, 3 on CPU)")
     parser.add_argument("--fast-batch", type=int, default=0, help="--job-path: the fast recipe's batch (0: 8192 on CUDA, 512 on CPU)")
     parser.add_argument("--fast-lr", type=float, default=4e-3, help="--job-path: the fast recipe's learning rate")
     parser.add_argument("--target-nll", type=float, default=None,
@@ -114,7 +114,7 @@ def main() -> int:
     parser.add_argument("--workdir", default="", help="--job-path: where to write (default: a temporary folder, removed)")
     args = parser.parse_args()
     if args.job_path:
-        from job_path import run_job_path  # bench/job_path.py, beside this file
+        from bench.job_path import run_job_path  # bench/job_path.py, beside this file
         return run_job_path(args)
     device = torch.device(args.device)
     quick = args.quick

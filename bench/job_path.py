@@ -210,7 +210,7 @@ def run_job_path(args) -> int:
     """The --job-path check; prints the table, returns the exit code."""
     cuda = args.device.startswith("cuda")
     device = "cuda" if cuda else "cpu"
-    epochs = args.epochs or (20 if cuda else 3)
+    epochs = args.epochs or (10 if cuda else 3)
     fast_batch = args.fast_batch or (8192 if cuda else 512)
     train_rows = args.train_rows or min(args.rows, 400_000)
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="photoz-gpu-check-"))

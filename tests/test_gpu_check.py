@@ -20,7 +20,6 @@ CHILD = textwrap.dedent("""
     import runpy, sys
     sys.modules["pyspark"] = None  # any import of them now raises ImportError
     sys.modules["mlflow"] = None
-    sys.path.insert(0, "bench")
     sys.argv = ["bench/gpu_check.py", "--job-path", "--device", "cpu", "--rows", "2000", "--train-rows", "300",
                 "--epochs", "2", "--fast-batch", "192", "--batch-size", "700", "--workdir", sys.argv[1]]
     try:
