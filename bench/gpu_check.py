@@ -1,6 +1,9 @@
 """GPU check of the torch core, for a host with PyTorch + CUDA and no Java, Spark or MLflow.
 
 Run from the repository root:  python bench/gpu_check.py [--device cuda] [--quick]
+                               python bench/gpu_check.py --job-path [--device cpu --rows 2000]
+
+--job-path measures what the jobs run (see job_path below); without it, the torch core alone:
 
 1. Trains the paper-size Bi-LSTM-MDN through the project's own loop (photoz_spark.train.loop)
    on synthetic sequences, at batch 128 and 8192, in fp32 and bf16 autocast: samples/s, and
@@ -96,7 +99,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke test of this script)")
+    parser.add_argument("--job-path", action="store_true",
+                        help="the jobs' own code: a scoring task on an all14 pixel file, a training rank")
+    parser.add_argument("--rows", type=int, default=2_000_000, help="--job-path: rows of the pixel file scored")
+    parser.add_argument("--train-rows", type=int, default=0,
+                        help="--job-path: rows of the toy training catalog (0: min(rows, 400k))")
+    parser.add_argument("--epochs", type=int, default=0, help="--job-path: epochs per recipe (0: 10 on CUDA, 3 on CPU)")
+    parser.add_argument("--fast-batch", type=int, default=0, help="--job-path: the fast recipe's batch (0: 8192 on CUDA, 512 on CPU)")
+    parser.add_argument("--fast-lr", type=float, default=4e-3, help="--job-path: the fast recipe's learning rate")
+    parser.add_argument("--target-nll", type=float, default=None,
+                        help="--job-path: validation NLL to time (default: the worst recipe's best, reached by all)")
+    parser.add_argument("--precision", default="auto", help="--job-path: score.precision (auto | fp32 | bf16 | fp16)")
+    parser.add_argument("--batch-size", type=int, default=65_536, help="--job-path: score.batch_size (rows per read batch)")
+    parser.add_argument("--workdir", default="", help="--job-path: where to write (default: a temporary folder, removed)")
     args = parser.parse_args()
+    if args.job_path:
+        from bench.job_path import run_job_path  # bench/job_path.py, beside this file
+        return run_job_path(args)
     device = torch.device(args.device)
     quick = args.quick
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}")

@@ -7,7 +7,9 @@ and docs/deploy.md.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 
 from pyspark.sql import SparkSession
@@ -74,13 +76,68 @@ def validate(spark_config: dict) -> None:
 
 
 def _gpu_pairs(spark_config: dict) -> dict:
-    # Local mode schedules no resources: training there uses the driver's CUDA (train/run.py).
+    # Local mode schedules no executor resources: the driver holds the GPUs (local_gpu_pairs).
     gpu = cluster_settings(spark_config)["gpu"]
     if not gpu["enabled"] or is_local(spark_config["master"]):
         return {}
     return {"spark.executor.resource.gpu.amount": gpu["executor_amount"],
             "spark.task.resource.gpu.amount": gpu["task_amount"],
             "spark.executor.resource.gpu.discoveryScript": str(resolve_path(gpu["discovery_script"]))}
+
+
+def wants_driver_gpus(config: dict) -> bool:
+    """Whether a local session should hold the host's GPUs: unless ``train.use_gpu`` is false.
+
+    Jobs without a ``train`` section (the ablation, which runs training in its session) count as
+    ``auto``.
+    """
+    return (config.get("train") or {}).get("use_gpu", "auto") is not False
+
+
+def discover_gpus(script, timeout_s: float = 30.0) -> list[str]:
+    """The GPU addresses a Spark discovery script prints on this host ([] when it finds none).
+
+    Args:
+        script: an executable printing ``{"name": "gpu", "addresses": [...]}`` (conf/gpu_discovery.sh).
+        timeout_s: how long nvidia-smi may take.
+
+    Returns:
+        The addresses, as strings; [] when the script is missing, fails (no NVIDIA driver) or
+        prints something else.
+    """
+    try:
+        done = subprocess.run([str(script)], capture_output=True, text=True, timeout=timeout_s, check=False)
+        found = json.loads(done.stdout) if done.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return []
+    if not isinstance(found, dict) or found.get("name") != "gpu":
+        return []
+    return [str(a) for a in found.get("addresses") or []]
+
+
+def local_gpu_pairs(master: str, discovery_script, wanted: bool) -> dict:
+    """Driver GPU resources for a local master, so TorchDistributor(local_mode=True, use_gpu=True) starts.
+
+    TorchDistributor in local mode reads ``spark.driver.resource.gpu.amount`` and the driver's
+    ``resources`` (which Spark fills by running the discovery script), and gives its ranks
+    those GPUs through CUDA_VISIBLE_DEVICES; without them it raises "GPUs were unable to be
+    found on the driver". Cluster masters schedule executor GPUs instead (``_gpu_pairs``).
+
+    Args:
+        master: the Spark master.
+        discovery_script: the ``spark.gpu.discovery_script`` path (resolved).
+        wanted: ``wants_driver_gpus(config)``.
+
+    Returns:
+        The two Spark keys, or {} (not local, not wanted, or no GPU found).
+    """
+    if not is_local(master) or not wanted:
+        return {}
+    addresses = discover_gpus(discovery_script)
+    if not addresses:
+        return {}
+    return {"spark.driver.resource.gpu.amount": len(addresses),
+            "spark.driver.resource.gpu.discoveryScript": str(discovery_script)}
 
 
 def _master_host(master: str) -> str:
@@ -152,6 +209,8 @@ def get_spark(config: dict, extra_conf: dict | None = None) -> SparkSession:
     cluster = None if is_local(master) else cluster_settings(spark_config)
     shipped = None
     conf = _conf_pairs(spark_config)
+    conf.update(local_gpu_pairs(master, resolve_path(cluster_settings(spark_config)["gpu"]["discovery_script"]),
+                                wants_driver_gpus(config)))
     if cluster is not None:
         from photoz_spark import cluster as cl
 

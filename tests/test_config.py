@@ -153,3 +153,11 @@ def test_shared_registry_settings_are_stated_once_and_a_job_file_may_restate_the
     with pytest.raises(ConfigError, match="unknown config key 'score.model_name'"):
         load_config("score.yaml", overrides=["score.model_name=x"])
     assert load_config("score.yaml", overrides=["mlflow.model_name=x"])["mlflow"]["model_name"] == "x"
+
+
+def test_auto_settings_take_true_and_false():
+    """train.use_gpu is auto | true | false: the override train.use_gpu=false must reach the job."""
+    assert merge({"use_gpu": "auto"}, {"use_gpu": False}) == {"use_gpu": False}
+    assert merge({"use_gpu": "auto"}, {"use_gpu": True}) == {"use_gpu": True}
+    with pytest.raises(ConfigError, match="expected str"):
+        merge({"name": "x"}, {"name": True})

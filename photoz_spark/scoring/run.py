@@ -1,10 +1,11 @@
 """Spark stage of jobs/score_catalog.py: resolve the model, validate the input, score, write.
 
-The model's files (weights + model.json bytes) are broadcast once; each Python worker builds
-the network once (``_MODELS``, keyed by model id) and scores its partitions with
-``kernel.score_batch`` with one torch thread per task. ``hats.map_hats`` runs it as one Spark
-task (``mapInArrow``) per input pixel that reads the pixel's file, scores it and writes the
-output file of the same pixel, so no row goes through a shuffle. The catalog is staged in a job
+The model's files (weights + model.json bytes) are broadcast once; each task runs
+``task.scorer`` (Spark-free, so bench/gpu_check.py --job-path runs the same code): each Python
+worker builds the network once per model and device and scores with ``kernel.score_batch``.
+``hats.map_hats`` runs it as one Spark task (``mapInArrow``) per input pixel that reads the
+pixel's file, scores it and writes the output file of the same pixel, so no row goes through a
+shuffle. The catalog is staged in a job
 folder and committed at the end, so a killed run leaves no partial catalog at
 ``scores/<name>`` and a rerun replaces the earlier one.
 """
@@ -12,8 +13,6 @@ folder and committed at the end, so a killed run leaves no partial catalog at
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,98 +27,13 @@ from photoz_spark.config import require
 from photoz_spark.errors import InputError
 from photoz_spark.features.sequencing import band_columns
 from photoz_spark.flags import FLAGS_COLUMN, Flag, count_flags
-from photoz_spark.registry.artifact import META_FILE, WEIGHTS_FILE
 from photoz_spark.registry.resolve import ModelFiles
+from photoz_spark.scoring.task import Runtime, _checked_precision, load_model, scorer  # noqa: F401 - the task's API
 
 try:
     from pyspark.accumulators import AccumulatorParam
 except ImportError:  # a GPU host with torch only: the kernel and load_model still work
     AccumulatorParam = object
-
-_MODELS: dict = {}  # model id -> PhotozModel, one per Python worker process
-
-
-def load_model(files: ModelFiles, bands_file: str | None = None, device: str = "cpu", precision: str = "fp32"):
-    """The PhotozModel of ``files`` on ``device``, built once per process (and device)."""
-    key = (files.model_id, device)
-    model = _MODELS.get(key)
-    if model is None:
-        from photoz_spark.bands import load_bands
-        from photoz_spark.registry.artifact import PhotozModel
-
-        tmp = Path(tempfile.mkdtemp(prefix="photoz-score-"))
-        try:
-            (tmp / WEIGHTS_FILE).write_bytes(files.weights)
-            (tmp / META_FILE).write_bytes(files.meta)
-            model = PhotozModel(tmp, load_bands(bands_file) if bands_file else None, device=device)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        _MODELS[key] = model
-    model.precision = precision
-    return model
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how the workers run the network (``score.device``, ``score.precision``)."""
-
-    device: str = "auto"             # auto | cpu | cuda
-    precision: str = "auto"          # auto (fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    tolerance: float = 1e-3          # |z_mean(half) - z_mean(fp32)| allowed ...
-    quantile: float = 0.99           # ... for this share of the checked rows
-    check_rows: int = 4096
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> Runtime:
-        runtime = cls(str(cfg["device"]), str(cfg["precision"]), float(cfg["agreement_tolerance"]),
-                      float(cfg["agreement_quantile"]), int(cfg["agreement_rows"]))
-        require(runtime.device in ("auto", "cpu", "cuda"), f"score.device must be auto, cpu or cuda, got {runtime.device!r}")
-        require(runtime.precision in ("auto", "fp32", "bf16", "fp16"),
-                f"score.precision must be auto, fp32, bf16 or fp16, got {runtime.precision!r}")
-        require(runtime.tolerance > 0 and 0 < runtime.quantile <= 1 and runtime.check_rows >= 1,
-                "score.agreement_tolerance must be > 0, score.agreement_quantile in (0, 1], score.agreement_rows >= 1")
-        return runtime
-
-    def task_device(self) -> str:
-        """This task's device: the GPU Spark assigned to it (GPU scheduling), else cuda:0 or cpu."""
-        import torch
-
-        if self.device == "cpu" or not torch.cuda.is_available():
-            if self.device == "cuda":
-                raise RuntimeError("score.device=cuda but this executor has no CUDA device "
-                                   "(set score.device=auto or cpu, or schedule GPUs: docs/deploy.md)")
-            return "cpu"
-        from pyspark import TaskContext
-
-        context = TaskContext.get()
-        gpus = context.resources().get("gpu") if context is not None else None
-        return f"cuda:{gpus.addresses[0]}" if gpus and gpus.addresses else "cuda:0"
-
-    def wanted_precision(self, device: str) -> str:
-        if self.precision != "auto":
-            return self.precision if device != "cpu" else "fp32"  # half autocast is a GPU feature
-        return "fp16" if device != "cpu" else "fp32"
-
-
-_PRECISION: dict = {}  # (model id, device, wanted) -> precision that passed the check, per worker
-
-
-def _checked_precision(model, files: ModelFiles, device: str, runtime: Runtime, batch, checks) -> str:
-    """The precision this worker uses: the wanted half precision only if its z_mean agrees with fp32."""
-    from photoz_spark.scoring.kernel import precision_check
-
-    wanted = runtime.wanted_precision(device)
-    key = (files.model_id, device, wanted)
-    if key not in _PRECISION:
-        if wanted == "fp32":
-            _PRECISION[key] = "fp32"
-        else:
-            model.precision = wanted
-            result = precision_check(model, batch, runtime.tolerance, runtime.quantile, runtime.check_rows)
-            _PRECISION[key] = wanted if result["passed"] else "fp32"
-            checks.add([{"device": device, "precision": wanted, **result}])
-    return _PRECISION[key]
-
 
 @dataclass(frozen=True)
 class ScorePlan:
@@ -179,32 +93,6 @@ def plan(cfg: dict, registry: BandCatalog, workdir, band_set) -> ScorePlan:
                      FLAGS_COLUMN in names)
 
 
-def _scorer(files_bc, keep: tuple[str, ...], bands_file: str | None, runtime: Runtime, checks,
-            absent: tuple[str, ...] = ()):
-    """The executor function: input batches (of score.batch_size rows at most, as ``map_hats``
-    reads them) -> scored batches (``absent`` columns read as unobserved)."""
-
-    def run(batches):
-        import torch
-
-        from photoz_spark.scoring.kernel import score_batch
-
-        device = runtime.task_device()
-        if device == "cpu":
-            torch.set_num_threads(1)  # one thread per task: two per worker halve throughput
-        files = files_bc.value
-        model = load_model(files, bands_file, device)
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            if absent:
-                batch = pa.RecordBatch.from_arrays([*batch.columns, *(pa.nulls(batch.num_rows, pa.float64()) for _ in absent)],
-                                                   names=[*batch.schema.names, *absent])
-            model.precision = _checked_precision(model, files, device, runtime, batch, checks)
-            yield score_batch(model, batch, keep)
-    return run
-
-
 class ListParam(AccumulatorParam):
     """Accumulates lists (the precision checks each worker made)."""
 
@@ -233,7 +121,7 @@ def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: Mo
                if c not in absent]
     scored_input = pa.schema([schema.field(c) for c in columns] + [pa.field(c, pa.float64()) for c in absent])
     checks = spark.sparkContext.accumulator([], ListParam())
-    scorer = _scorer(spark.sparkContext.broadcast(files), p.keep, bands_file, runtime, checks, absent)
+    task = scorer(spark.sparkContext.broadcast(files), p.keep, bands_file, runtime, checks, absent)
     target = Path(workdir.scores) / p.name
     meta = json.loads(files.meta)
     props = {"photoz_model_name": files.name, "photoz_model_version": files.version, "photoz_model_uri": files.uri,
@@ -243,7 +131,7 @@ def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: Mo
     with job_staging(workdir.root, "score") as stage:
         staged = stage.output(p.name, target)
         # Pixel by pixel, input file -> output file: the input is already HEALPix-partitioned.
-        written = hats.map_hats(spark, p.source, staged, scorer, columns=columns,
+        written = hats.map_hats(spark, p.source, staged, task, columns=columns,
                                 schema=output_schema(scored_input, p.keep), catalog_name=f"scores_{p.name}",
                                 batch_size=int(cfg["batch_size"]), extra_properties=props)
         if written["n_rows"] != rows_in:  # never commit an output that lost or gained rows

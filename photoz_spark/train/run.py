@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -162,13 +162,72 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
             "epochs_run": result.epochs_run, "stopped_early": result.stopped_early}
 
 
-def gpus_available(spark, local_mode: bool) -> bool:
-    """Whether training can use GPUs: CUDA on the driver (local) or GPU resources on executors."""
-    if local_mode:
+@dataclass(frozen=True)
+class GpuPlan:
+    """How the ranks run: on GPUs or not, and how many of them."""
+
+    use_gpu: bool
+    num_processes: int
+    note: str = ""     # why the plan differs from the settings ("" when it does not)
+
+
+def gpu_plan(setting, local_mode: bool, num_processes: int, cuda_devices: int, driver_gpus: int,
+             executor_gpus: float) -> GpuPlan:
+    """Decide GPU or CPU ranks, and their number, from ``train.use_gpu`` and what the session has.
+
+    Local mode needs both CUDA on the driver and driver GPU resources in the session (set by
+    ``spark.get_spark`` from the discovery script): TorchDistributor raises without the latter.
+    It runs one rank per GPU, so ranks beyond the GPUs are dropped here (TorchDistributor would
+    drop them too, and the driver would then wait for status files that never come). A cluster
+    runs the ranks on executors with ``spark.executor.resource.gpu.amount`` > 0.
+
+    Args:
+        setting: ``train.use_gpu`` (auto, True, False).
+        local_mode: the master is ``local[...]``.
+        num_processes: ``train.num_processes``.
+        cuda_devices: ``torch.cuda.device_count()`` on the driver.
+        driver_gpus: GPU addresses in the session's driver resources.
+        executor_gpus: ``spark.executor.resource.gpu.amount``.
+
+    Returns:
+        The GpuPlan.
+
+    Raises:
+        ConfigError: ``train.use_gpu=true`` without usable GPUs.
+    """
+    if setting is False:
+        return GpuPlan(False, num_processes)
+    if not local_mode:
+        if executor_gpus > 0:
+            return GpuPlan(True, num_processes)
+        if setting is True:
+            raise ConfigError("train.use_gpu=true but the cluster schedules no GPUs: set spark.gpu.enabled=true "
+                              "(docs/deploy.md) or train.use_gpu=auto")
+        return GpuPlan(False, num_processes)
+    usable = min(cuda_devices, driver_gpus)
+    if usable == 0:
+        why = ("torch sees no CUDA device" if cuda_devices == 0 else
+               "the Spark session holds no driver GPU resources (it was started without "
+               "spark.driver.resource.gpu.*, e.g. by a notebook: see docs/deploy.md)")
+        if setting is True:
+            raise ConfigError(f"train.use_gpu=true but {why}")
+        return GpuPlan(False, num_processes, f"training on CPU: {why}" if cuda_devices else "")
+    if num_processes > usable:
+        return GpuPlan(True, usable, f"train.num_processes={num_processes} reduced to {usable}: one rank per GPU")
+    return GpuPlan(True, num_processes)
+
+
+def session_gpu_plan(spark, cfg: dict) -> GpuPlan:
+    """``gpu_plan`` for this session: counts the driver's CUDA devices and the session's GPU resources."""
+    local_mode = spark.sparkContext.master.startswith("local")
+    cuda_devices = 0
+    if local_mode and cfg["use_gpu"] is not False:
         import torch
-        return torch.cuda.is_available()
-    amount = spark.sparkContext.getConf().get("spark.executor.resource.gpu.amount", "0")
-    return float(amount) > 0
+        cuda_devices = torch.cuda.device_count()
+    gpu = spark.sparkContext.resources.get("gpu") if local_mode else None
+    executor_gpus = float(spark.sparkContext.getConf().get("spark.executor.resource.gpu.amount", "0"))
+    return gpu_plan(cfg["use_gpu"], local_mode, cfg["num_processes"], cuda_devices,
+                    len(gpu.addresses) if gpu is not None else 0, executor_gpus)
 
 
 def run_distributed(spark, features_dir: Path, out_dir: Path, cfg: dict, model_cfg: dict, feed=None,
@@ -177,21 +236,24 @@ def run_distributed(spark, features_dir: Path, out_dir: Path, cfg: dict, model_c
     from pyspark.ml.torch.distributor import TorchDistributor
 
     local_mode = spark.sparkContext.master.startswith("local")
-    use_gpu = gpus_available(spark, local_mode) if cfg["use_gpu"] == "auto" else bool(cfg["use_gpu"])
+    plan = session_gpu_plan(spark, cfg)
+    if plan.note:
+        print(plan.note, flush=True)
+    use_gpu, ranks = plan.use_gpu, plan.num_processes
     for stale in out_dir.glob("rank-*.status"):
         stale.unlink()
-    distributor = TorchDistributor(num_processes=cfg["num_processes"], local_mode=local_mode, use_gpu=use_gpu)
+    distributor = TorchDistributor(num_processes=ranks, local_mode=local_mode, use_gpu=use_gpu)
     error = None
     try:
         result = distributor.run(train_rank, str(features_dir), str(out_dir), cfg, model_cfg, use_gpu, feed, tracking)
     except Exception as err:  # noqa: BLE001 - reported below with which ranks failed
         result, error = None, err
     # Local mode may ignore a child's exit code: each rank proves it finished with a status file.
-    missing = [r for r in range(cfg["num_processes"]) if not (out_dir / f"rank-{r}.status").is_file()]
+    missing = [r for r in range(ranks) if not (out_dir / f"rank-{r}.status").is_file()]
     if missing or result is None:
         raise RuntimeError(f"training ranks {missing or 'all'} did not finish: see the output above; "
                            f"the last checkpoint in {out_dir} lets a rerun resume") from error
-    return {**result, "use_gpu": use_gpu, "local_mode": local_mode}
+    return {**result, "use_gpu": use_gpu, "local_mode": local_mode, "num_processes": ranks}
 
 
 def model_config(cfg_model: dict, layout: dict) -> dict:
