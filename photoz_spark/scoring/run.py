@@ -28,6 +28,7 @@ from photoz_spark.config import require
 from photoz_spark.errors import InputError
 from photoz_spark.features.sequencing import band_columns
 from photoz_spark.flags import FLAGS_COLUMN, Flag, count_flags
+from photoz_spark.paths import check_output, safe_name
 from photoz_spark.registry.artifact import META_FILE, WEIGHTS_FILE
 from photoz_spark.registry.resolve import ModelFiles
 
@@ -135,17 +136,33 @@ class ScorePlan:
     has_flags: bool
 
 
+def input_and_output(cfg: dict, workdir) -> tuple[Path, str, Path]:
+    """The input catalog, the output name and folder of ``score.input``/``score.output``; refuses
+    (one line) an input that is not ``catalogs/<name>``/``matched/<run>`` and an output outside
+    ``scores/`` or over the input, before any model is fetched or file written.
+
+    Returns:
+        (input folder, output name, output folder).
+    """
+    parts = Path(cfg["input"]).parts
+    require(len(parts) == 2 and parts[0] in ("catalogs", "matched"),
+            f"score.input must be catalogs/<name> or matched/<run>, got {cfg['input']!r}")
+    safe_name(parts[1], "score.input")
+    source = Path(workdir.root) / cfg["input"]
+    name = safe_name(cfg["output"] or parts[1], "score.output")
+    target = check_output(Path(workdir.scores) / name, workdir.root, [source], "score.output")
+    return source, name, target
+
+
 def plan(cfg: dict, registry: BandCatalog, workdir, band_set) -> ScorePlan:
     """Check the input catalog before any Spark work; every missing column in one message.
 
     Raises:
         ValueError: bad setting, no catalog, or columns missing.
     """
+    source, name, _ = input_and_output(cfg, workdir)
     parts = Path(cfg["input"]).parts
-    require(len(parts) == 2 and parts[0] in ("catalogs", "matched"),
-            f"score.input must be catalogs/<name> or matched/<run>, got {cfg['input']!r}")
     require(int(cfg["batch_size"]) >= 1, f"score.batch_size must be >= 1, got {cfg['batch_size']}")
-    source = Path(workdir.root) / cfg["input"]
     if not (source / hats.PROPERTIES_FILE).is_file():
         raise InputError(f"input catalog not found: {source} (set score.input to catalogs/<name> or matched/<run>)")
     props = hats.read_properties(source)
@@ -174,7 +191,7 @@ def plan(cfg: dict, registry: BandCatalog, workdir, band_set) -> ScorePlan:
         if missing_keys:
             pieces.append(f"the {cat_name} id/coordinate columns {', '.join(missing_keys)}")
         raise InputError(f"catalog {cfg['input']} ({source}) lacks columns: " + "; ".join(pieces))
-    return ScorePlan(source, cfg["output"] or parts[1], cat.id, cat.ra, cat.dec,
+    return ScorePlan(source, name, cat.id, cat.ra, cat.dec,
                      int(props["hats_order"]), tuple(dict.fromkeys((cat.id, cat.ra, cat.dec, hats.HEALPIX_COLUMN))),
                      FLAGS_COLUMN in names)
 
