@@ -139,3 +139,25 @@ def test_check_output_refuses_escapes_and_overlaps(tmp_path):
                         (root / "matched", root / "matched" / "X" / "file.parquet")):  # would delete it
         with pytest.raises(InputError, match="would overwrite the job's input"):
             check_output(out, root, [source])
+
+
+class Payload:
+    """Not a tensor: torch refuses to unpickle it with weights_only=True."""
+
+
+def test_weights_files_that_are_not_plain_tensors_are_one_line(tmp_path):
+    from photoz_spark.registry.artifact import load_weights
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "ok.pt")
+    assert load_weights(tmp_path / "ok.pt", "cpu")["w"].shape == (2,)
+    torch.save({"payload": Payload()}, tmp_path / "pickled.pt")
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / "ok.pt").read_bytes()[:300])
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    cases = {"pickled.pt": "holds pickled Python objects", "truncated.pt": "not a readable torch weights file",
+             "garbage.pt": "not a readable torch weights file", "missing.pt": "not a readable torch weights file"}
+    for name, message in cases.items():
+        with pytest.raises(InputError) as info:
+            load_weights(tmp_path / name, "cpu")
+        text = str(info.value)
+        assert message in text and str(tmp_path / name) in text, text
+        assert len(text.splitlines()) == 1 and "weights_only=False" not in text

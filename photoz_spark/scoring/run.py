@@ -182,6 +182,8 @@ def plan(cfg: dict, registry: BandCatalog, workdir, band_set) -> ScorePlan:
     optional = {c for band in band_set.bands if band.name in allowed for c in (band.flux, band.err)}
     missing_bands = [c for c in band_columns(band_set) if c not in names and c not in optional]
     missing_keys = [c for c in dict.fromkeys((cat.id, cat.ra, cat.dec, hats.HEALPIX_COLUMN)) if c not in names]
+    _check_types(cfg["input"], hats.read_schema(source), band_columns(band_set))
+    _check_data_files(cfg["input"], source, int(props.get("hats_nrows", -1)))
     if missing_bands or missing_keys:
         pieces = []
         if missing_bands:
@@ -194,6 +196,36 @@ def plan(cfg: dict, registry: BandCatalog, workdir, band_set) -> ScorePlan:
     return ScorePlan(source, name, cat.id, cat.ra, cat.dec,
                      int(props["hats_order"]), tuple(dict.fromkeys((cat.id, cat.ra, cat.dec, hats.HEALPIX_COLUMN))),
                      FLAGS_COLUMN in names)
+
+
+def _check_types(name: str, schema: pa.Schema, bands: list[str]) -> None:
+    """Band columns must be numbers and ``flags`` an integer: one line naming the columns otherwise."""
+    wrong = [f"{c} ({schema.field(c).type})" for c in bands if c in schema.names
+             and not (pa.types.is_floating(schema.field(c).type) or pa.types.is_integer(schema.field(c).type)
+                      or pa.types.is_null(schema.field(c).type))]
+    if FLAGS_COLUMN in schema.names and not pa.types.is_integer(schema.field(FLAGS_COLUMN).type):
+        wrong.append(f"{FLAGS_COLUMN} ({schema.field(FLAGS_COLUMN).type}, must be an integer)")
+    if wrong:
+        raise InputError(f"catalog {name}: columns of the wrong type: {', '.join(wrong)}; "
+                         "flux and error columns must be numbers (float or integer)")
+
+
+def _check_data_files(name: str, source: Path, expected_rows: int) -> None:
+    """Every data file's Parquet footer is readable and the files hold the rows the catalog's
+    properties record; else one line naming the file (a truncated copy, a file still being written)."""
+    rows, order = 0, int(hats.read_properties(source)["hats_order"])
+    listed = (source / hats.PARTITION_INFO_FILE).read_text().split()[1:]  # header, then "order,npix" lines
+    for npix in (int(line.split(",")[1]) for line in listed):
+        path = source / hats.DATASET_DIR / hats.pixel_relpath(order, npix)  # the files scoring reads
+        try:
+            rows += pq.read_metadata(path).num_rows
+        except (OSError, pa.ArrowException) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"catalog {name}: data file {path} is unreadable ({reason}): "
+                             "copy or rewrite the catalog") from None
+    if expected_rows >= 0 and rows != expected_rows:
+        raise InputError(f"catalog {name}: its data files hold {rows} rows but its properties say "
+                         f"hats_nrows={expected_rows}: files are missing or extra; rewrite the catalog")
 
 
 def _scorer(files_bc, keep: tuple[str, ...], bands_file: str | None, runtime: Runtime, checks,
@@ -265,7 +297,8 @@ def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: Mo
                                 batch_size=int(cfg["batch_size"]), extra_properties=props)
         if written["n_rows"] != rows_in:  # never commit an output that lost or gained rows
             raise RuntimeError(f"scored {written['n_rows']} rows of {rows_in}: output not committed")
-        flags = pq.read_table(staged / hats.DATASET_DIR, columns=[FLAGS_COLUMN], partitioning=None)[FLAGS_COLUMN].to_numpy()
+        flags = (pq.read_table(staged / hats.DATASET_DIR, columns=[FLAGS_COLUMN], partitioning=None)[FLAGS_COLUMN]
+                 .to_numpy() if written["n_rows"] else np.zeros(0, np.int32))  # an empty catalog has no data file
         stage.commit()
     seconds = time.time() - t0
     check_results = list(checks.value)
