@@ -94,14 +94,14 @@ def check_output(output, workdir_root, inputs: Iterable = (), key: str = "output
     target = Path(os.path.abspath(output))
     if not _inside(target, root) or target == root:
         raise InputError(f"{key}: output {target} is outside the work directory {root}")
-    # Compare real locations: a symlink must not make an input and the output the same folder.
+    # Compare real locations: a symlinked folder must not make an input and the output one place.
+    # The output's own name is not followed: replacing a symlink (a linked catalog) replaces the
+    # link, never what it points at.
     real = target.parent.resolve() / target.name
-    real_target = target.resolve() if target.is_symlink() else real
     for item in inputs:
         source = Path(os.path.abspath(item))
         real_source = source.resolve()
-        for out in {real, real_target}:
-            if _inside(real_source, out) or _inside(out, real_source):
-                raise InputError(f"{key}: output {target} would overwrite the job's input {source}; "
-                                 "choose another output name")
+        if _inside(real_source, real) or _inside(real, real_source):
+            raise InputError(f"{key}: output {target} would overwrite the job's input {source}; "
+                             "choose another output name")
     return target

@@ -161,3 +161,12 @@ def test_weights_files_that_are_not_plain_tensors_are_one_line(tmp_path):
         text = str(info.value)
         assert message in text and str(tmp_path / name) in text, text
         assert len(text.splitlines()) == 1 and "weights_only=False" not in text
+
+
+def test_a_symlinked_output_is_replaced_not_followed(tmp_path):
+    """A linked catalog (catalogs/x -> elsewhere): rerunning replaces the link, never its target."""
+    root, elsewhere = tmp_path / "wd", tmp_path / "external"
+    elsewhere.mkdir()
+    (root / "catalogs").mkdir(parents=True)
+    (root / "catalogs" / "x").symlink_to(elsewhere)
+    assert check_output(root / "catalogs" / "x", root, [elsewhere]) == root / "catalogs" / "x"
