@@ -214,7 +214,10 @@ def _check_data_files(name: str, source: Path, expected_rows: int) -> None:
     """Every data file's Parquet footer is readable and the files hold the rows the catalog's
     properties record; else one line naming the file (a truncated copy, a file still being written)."""
     rows, order = 0, int(hats.read_properties(source)["hats_order"])
-    listed = (source / hats.PARTITION_INFO_FILE).read_text().split()[1:]  # header, then "order,npix" lines
+    info = source / hats.PARTITION_INFO_FILE
+    if not info.is_file():
+        raise InputError(f"catalog {name}: {info} is missing: not a complete HATS catalog; rewrite it")
+    listed = info.read_text().split()[1:]  # a header, then one "order,npix" line per data file
     for npix in (int(line.split(",")[1]) for line in listed):
         path = source / hats.DATASET_DIR / hats.pixel_relpath(order, npix)  # the files scoring reads
         try:
