@@ -49,9 +49,8 @@ def safe_name(value, key: str) -> str:
     """
     name = str(value)
     if not SAFE_NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH or name in (".", ".."):
-        raise InputError(f"{key}={name!r} is not a safe name: use {SAFE_NAME_TEXT} "
-                         f"(at most {MAX_NAME_LENGTH} characters; no '/', no '..'), "
-                         "so every output stays inside the work directory")
+        raise InputError(f"{key} must be a folder name: {SAFE_NAME_TEXT}, at most {MAX_NAME_LENGTH} "
+                         f"characters, no '/' or '..' (every output stays inside the work directory); got {name!r}")
     return name
 
 
