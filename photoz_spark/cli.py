@@ -15,6 +15,7 @@ from pathlib import Path
 
 from photoz_spark.config import ConfigError, load_config, resolve_path
 from photoz_spark.errors import UserError
+from photoz_spark.paths import check_setting_names
 
 WORKDIR_PARTS = ("catalogs", "matched", "features", "mlflow", "scores", "reports", "truth")
 
@@ -119,7 +120,8 @@ def run_job(parser: argparse.ArgumentParser, argv: list[str] | None, validate, r
         parser: from ``job_parser`` (plus the job's own options).
         argv: the command line (None: sys.argv).
         validate: ``validate(job) -> plan``: every check that needs no Spark; a ValueError here
-            is a bad setting or input, reported like a UserError.
+            is a bad setting or input, reported like a UserError. Before it, every setting that
+            names an output (``paths.NAME_KEYS``) is checked to be a safe folder name.
         run: ``run(job, spark, plan) -> summary dict`` (``spark`` None for a job without Spark).
         summary: ``summary(result, job)`` prints the job's summary.
         spark: whether the job needs a SparkSession (started after validate).
@@ -131,6 +133,7 @@ def run_job(parser: argparse.ArgumentParser, argv: list[str] | None, validate, r
 
     args, config, workdir = parse_job_args(parser, argv)
     try:
+        check_setting_names(config)  # no name setting may lead an output out of the workdir
         job = Job(args, config, load_bands(resolve_path(config["bands_file"])), workdir)
         plan = validate(job)
     except (UserError, ValueError) as err:

@@ -145,6 +145,11 @@ def _master_host(master: str) -> str:
     return rest.split(",")[0].rpartition(":")[0] or rest
 
 
+def loopback_only(master: str) -> bool:
+    """Whether the driver (and its UI) listens on 127.0.0.1 only: local mode, or a master on loopback."""
+    return is_local(master) or (master.startswith("spark://") and _master_host(master) in LOOPBACK)
+
+
 def _conf_pairs(spark_config: dict) -> dict[str, str]:
     """Translate the project's ``spark:`` settings into Spark configuration keys.
 
@@ -160,12 +165,12 @@ def _conf_pairs(spark_config: dict) -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": spark_config["arrow_batch_size"],
         "spark.ui.showConsoleProgress": "true",
+        "spark.ui.enabled": spark_config.get("ui_enabled", True),
         # Timestamps mean the same thing on every machine and in every test.
         "spark.sql.session.timeZone": "UTC",
         **_gpu_pairs(spark_config),
     }
-    master = str(spark_config["master"])
-    if is_local(master) or (master.startswith("spark://") and _master_host(master) in LOOPBACK):
+    if loopback_only(str(spark_config["master"])):
         # A laptop on VPN or with an odd hostname must not make the driver unreachable to itself
         # (or to a cluster that listens on loopback only).
         conf["spark.driver.host"] = "127.0.0.1"
@@ -221,6 +226,11 @@ def get_spark(config: dict, extra_conf: dict | None = None) -> SparkSession:
     # Without these, executors start the system Python, which lacks the project's packages.
     os.environ["PYSPARK_PYTHON"] = (cluster or {}).get("executor_python") or sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    if loopback_only(master):
+        # The UI (port 4040) binds to SPARK_LOCAL_IP, else to every interface; Spark has no
+        # setting for it. Effective when this process starts the JVM (python jobs/X.py); under
+        # spark-submit export it yourself or set spark.ui_enabled=false (docs/deploy.md).
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.master(master).appName(spark_config["app_name"])
     for key, value in {**conf, **(extra_conf or {})}.items():
         builder = builder.config(key, _conf_value(value))

@@ -249,3 +249,85 @@ def test_recalibrated_model_changes_the_summaries_not_the_mixture(model):
              for name, t in (("raw", raw), ("wider", wider))}
     assert (width["wider"] > width["raw"]).mean() > 0.95
     assert np.median(wider.column("z_phot_std").to_numpy()[ok] / raw.column("z_phot_std").to_numpy()[ok]) > 1.2
+
+
+# --- hardening (issue 18): bad catalogs and model files are one line, an empty catalog an empty output ---
+
+def test_empty_catalog_gives_an_empty_output_with_a_summary(workdir, capsys):
+    write(scoring_input(10, 6).slice(0, 0), workdir / "matched" / "empty")
+    summary = score_catalog.main(["--workdir", str(workdir), "--input", "matched/empty"])
+    out = read(workdir / "scores" / "empty")
+    assert summary["rows_in"] == summary["rows_out"] == out.num_rows == 0 and summary["not_scored"] == 0
+    assert hats.read_schema(workdir / "scores" / "empty").names[-2:] == ["n_observed", "flags"]
+    assert int(hats.read_properties(workdir / "scores" / "empty")["hats_nrows"]) == 0
+    assert "matched/empty  0 rows" in capsys.readouterr().out
+
+
+def _one_line_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        score_catalog.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_string_flux_and_truncated_file_are_one_line_naming_them(workdir, capsys):
+    table = scoring_input(200, 7)
+    flux = BAND_SET.bands[2].flux
+    as_text = table.set_column(table.schema.get_field_index(flux), flux, pc.cast(table[flux], pa.string()))
+    write(as_text, workdir / "matched" / "text_flux")
+    err = _one_line_error(capsys, ["--workdir", str(workdir), "--input", "matched/text_flux"])
+    assert f"{flux} (string)" in err and "matched/text_flux" in err and "must be numbers" in err
+
+    write(table, workdir / "matched" / "cut")
+    victim = max((workdir / "matched" / "cut" / hats.DATASET_DIR).rglob("Npix=*.parquet"), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    err = _one_line_error(capsys, ["--workdir", str(workdir), "--input", "matched/cut"])
+    assert str(victim) in err and "unreadable" in err
+
+    write(table, workdir / "matched" / "short")
+    victim = next((workdir / "matched" / "short" / hats.DATASET_DIR).rglob("Npix=*.parquet"))
+    pq.write_table(pq.read_table(victim).slice(0, 1), victim)  # a readable file with fewer rows
+    err = _one_line_error(capsys, ["--workdir", str(workdir), "--input", "matched/short"])
+    assert "hats_nrows=200" in err
+    for name in ("text_flux", "cut", "short"):
+        assert not (workdir / "scores" / name).exists()
+
+
+class Payload:
+    """Anything that is not a tensor: torch refuses to unpickle it with weights_only=True."""
+
+
+def test_pickled_weights_are_refused_in_one_line(workdir, tmp_path):
+    import shutil
+
+    import torch
+
+    from photoz_spark.errors import InputError
+    from photoz_spark.registry.artifact import WEIGHTS_FILE, PhotozModel
+    from photoz_spark.registry.tracking import download_model
+
+    directory = shutil.copytree(download_model("models:/photoz-lstm-mdn@champion"), tmp_path / "m")
+    torch.save({"payload": Payload()}, directory / WEIGHTS_FILE)
+    with pytest.raises(InputError) as info:
+        PhotozModel(directory)
+    message = str(info.value)
+    assert "pickled Python objects" in message and str(directory / WEIGHTS_FILE) in message
+    assert len(message.splitlines()) == 1 and "weights_only=False" not in message
+    (directory / WEIGHTS_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="not a readable torch weights file"):
+        PhotozModel(directory)
+
+
+def test_model_downloads_are_removed_at_exit_and_orphans_by_the_next_download(workdir, tmp_path):
+    import mlflow
+
+    orphan = tmp_path / "photoz-model-999999999-leftover"  # a killed process's copy (no such pid)
+    orphan.mkdir()
+    code = ("from photoz_spark.registry.tracking import download_model; "
+            "d = download_model('models:/photoz-lstm-mdn@champion'); assert (d / 'model.json').is_file(); print(d)")
+    env = {**os.environ, "TMPDIR": str(tmp_path), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    done = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(str(tmp_path / "photoz-model-"))
+    assert not list(tmp_path.glob("photoz-model-*")), "the copy is removed at exit, the orphan before"

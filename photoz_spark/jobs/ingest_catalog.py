@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 
 from photoz_spark.cli import config_option, job_parser, run_job
+from photoz_spark.paths import check_output
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,8 +37,13 @@ def main(argv: list[str] | None = None) -> dict:
         except IngestError as err:  # found while streaming (e.g. a file cut short): nothing was written
             raise IngestError(f"{err} (nothing written)") from err
 
-    return run_job(parser, argv, lambda job: make_plan(job.config["ingest"], job.bands, job.workdir), run,
-                   print_summary)
+    def validate(job):
+        plan = make_plan(job.config["ingest"], job.bands, job.workdir)
+        inputs = [plan.hats_input] if plan.hats_input else [reader.path for reader in plan.readers]
+        check_output(plan.target, job.workdir.root, inputs, "ingest.name")  # never over its own input
+        return plan
+
+    return run_job(parser, argv, validate, run, print_summary)
 
 
 def print_summary(summary: dict, job=None) -> None:

@@ -30,9 +30,10 @@ def main(argv: list[str] | None = None) -> dict:
                   help="registry alias, default champion (sets mlflow.alias)")
     from photoz_spark.registry.artifact import PhotozModel
     from photoz_spark.registry.resolve import resolve_model
-    from photoz_spark.scoring.run import plan, score_catalog
+    from photoz_spark.scoring.run import input_and_output, plan, score_catalog
 
     def validate(job):
+        input_and_output(job.config["score"], job.workdir)  # the output can't replace the input: before the model
         files, directory = resolve_model(job.config, job.workdir, "score")
         band_set = PhotozModel(directory, job.bands).band_set  # with its name, from the model itself
         plan(job.config["score"], job.bands, job.workdir, band_set)  # every input problem before Spark starts

@@ -11,6 +11,7 @@ pyfunc (``registry/mlflow_model.py``), training, scoring and evaluation all use
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -88,6 +89,27 @@ def model_bands(meta: dict, bands: BandCatalog | None = None) -> tuple[BandCatal
     return bands, replace(bands.band_set(layout["bands"]), name=layout.get("band_set", "custom"))
 
 
+def load_weights(path: Path, device) -> dict:
+    """The state dict in ``path``, loaded with ``weights_only=True`` (no pickled code runs).
+
+    Raises:
+        InputError: one line naming the file when it holds anything but tensors (a pickled
+            object: refused, never loaded with code execution) or is not a torch file at all.
+    """
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "unsupported global" not in str(err).lower():  # not a pickle of tensors at all (garbage, truncated)
+            raise InputError(f"{path} is not a readable torch weights file (not a state dict that "
+                             "torch.load(weights_only=True) can read)") from None
+        raise InputError(f"{path} holds pickled Python objects, not only tensors: refused (a model's weights "
+                         "are loaded with weights_only=True so no code in them runs); re-register the model "
+                         "from a plain state dict") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{path} is not a readable torch weights file ({reason})") from None
+
+
 class PhotozModel:
     """The network plus everything needed to turn a catalog's native columns into its input."""
 
@@ -110,8 +132,11 @@ class PhotozModel:
         self.bands, self.band_set = model_bands(self.meta, bands)
         self.device = torch.device(device)
         self.network = BiLSTMMDN(ModelConfig(**self.meta["model_config"]))
-        state = torch.load(directory / WEIGHTS_FILE, map_location=self.device, weights_only=True)
-        self.network.load_state_dict(state)
+        try:
+            self.network.load_state_dict(load_weights(directory / WEIGHTS_FILE, self.device))
+        except RuntimeError as err:  # torch lists every mismatched tensor, one per line
+            raise InputError(f"{directory / WEIGHTS_FILE} does not fit the network of {META_FILE} "
+                             f"({str(err).splitlines()[0]})") from None
         self.network.to(self.device).eval()
         # Set when the model was trained with train.recalibrate: applied to every PDF summary.
         self.calibration = PitCalibration.from_dict(self.meta.get("calibration"))

@@ -9,7 +9,9 @@ Embedded default: a SQLite registry and a local artifact store under ``<workdir>
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -58,6 +60,13 @@ def connect(uri: str, workdir, experiment: str) -> str:
         client = MlflowClient(uri, registry_uri=uri)
         found = client.get_experiment_by_name(experiment)
     except Exception as err:
+        status = getattr(err, "get_http_status_code", lambda: None)()
+        if status in (401, 403):  # it answers, but refuses us: not "does not answer"
+            hint = ("start the server with --allowed-hosts naming the host in this URI (docs/deploy.md)"
+                    if "Host header" in str(err) else
+                    "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+            raise RegistryUnavailable(f"MLflow tracking server {uri} refused the request (HTTP {status}"
+                                      f"{': invalid Host header' if 'Host header' in str(err) else ''}); {hint}") from err
         raise RegistryUnavailable(f"MLflow tracking server {uri} does not answer ({type(err).__name__}); "
                               "start it, or unset MLFLOW_TRACKING_URI to use the embedded SQLite registry") from err
     if found is not None:
@@ -123,8 +132,39 @@ def register_and_promote(model_uri: str, name: str, run_id: str, new_score: floa
             "champion_version": int(version if promoted else champion.version), "previous_score": previous}
 
 
+DOWNLOAD_PREFIX = "photoz-model-"  # + "<pid>-": the temp copies of registered models
+_DOWNLOADS: list[str] = []  # this process's temp copies of models, removed when it exits
+
+
+def remove_downloads() -> None:
+    """Remove every temp folder ``download_model`` made in this process (also run at exit)."""
+    while _DOWNLOADS:
+        shutil.rmtree(_DOWNLOADS.pop(), ignore_errors=True)
+
+
+atexit.register(remove_downloads)
+
+
+def _remove_orphan_downloads() -> None:
+    """Remove the temp model copies of processes that died without their exit handler (killed)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{DOWNLOAD_PREFIX}*-*"):
+        pid = folder.name[len(DOWNLOAD_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # no such process: nobody uses this copy any more
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            continue
+
+
 def download_model(uri: str) -> Path:
-    """Fetch a registered model's files (``models:/name@champion``, ``models:/name/3``) to a temp folder."""
+    """Fetch a registered model's files (``models:/name@champion``, ``models:/name/3``) to a temp folder.
+
+    The folder (``photoz-model-<pid>-*`` in the system temp directory) lives until the process
+    exits (``remove_downloads``); copies left by killed processes are removed by the next download.
+    """
     import mlflow
 
     from photoz_spark.registry.artifact import META_FILE
@@ -133,7 +173,10 @@ def download_model(uri: str) -> Path:
     previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="photoz-model-"))
+        _remove_orphan_downloads()
+        folder = tempfile.mkdtemp(prefix=f"{DOWNLOAD_PREFIX}{os.getpid()}-")
+        _DOWNLOADS.append(folder)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
     finally:
         if previous is None:
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)

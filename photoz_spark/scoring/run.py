@@ -27,6 +27,7 @@ from photoz_spark.config import require
 from photoz_spark.errors import InputError
 from photoz_spark.features.sequencing import band_columns
 from photoz_spark.flags import FLAGS_COLUMN, Flag, count_flags
+from photoz_spark.paths import check_output, safe_name
 from photoz_spark.registry.resolve import ModelFiles
 from photoz_spark.scoring.task import Runtime, _checked_precision, load_model, scorer  # noqa: F401 - the task's API
 
@@ -49,17 +50,33 @@ class ScorePlan:
     has_flags: bool
 
 
+def input_and_output(cfg: dict, workdir) -> tuple[Path, str, Path]:
+    """The input catalog, the output name and folder of ``score.input``/``score.output``; refuses
+    (one line) an input that is not ``catalogs/<name>``/``matched/<run>`` and an output outside
+    ``scores/`` or over the input, before any model is fetched or file written.
+
+    Returns:
+        (input folder, output name, output folder).
+    """
+    parts = Path(cfg["input"]).parts
+    require(len(parts) == 2 and parts[0] in ("catalogs", "matched"),
+            f"score.input must be catalogs/<name> or matched/<run>, got {cfg['input']!r}")
+    safe_name(parts[1], "score.input")
+    source = Path(workdir.root) / cfg["input"]
+    name = safe_name(cfg["output"] or parts[1], "score.output")
+    target = check_output(Path(workdir.scores) / name, workdir.root, [source], "score.output")
+    return source, name, target
+
+
 def plan(cfg: dict, registry: BandCatalog, workdir, band_set) -> ScorePlan:
     """Check the input catalog before any Spark work; every missing column in one message.
 
     Raises:
         ValueError: bad setting, no catalog, or columns missing.
     """
+    source, name, _ = input_and_output(cfg, workdir)
     parts = Path(cfg["input"]).parts
-    require(len(parts) == 2 and parts[0] in ("catalogs", "matched"),
-            f"score.input must be catalogs/<name> or matched/<run>, got {cfg['input']!r}")
     require(int(cfg["batch_size"]) >= 1, f"score.batch_size must be >= 1, got {cfg['batch_size']}")
-    source = Path(workdir.root) / cfg["input"]
     if not (source / hats.PROPERTIES_FILE).is_file():
         raise InputError(f"input catalog not found: {source} (set score.input to catalogs/<name> or matched/<run>)")
     props = hats.read_properties(source)
@@ -79,6 +96,8 @@ def plan(cfg: dict, registry: BandCatalog, workdir, band_set) -> ScorePlan:
     optional = {c for band in band_set.bands if band.name in allowed for c in (band.flux, band.err)}
     missing_bands = [c for c in band_columns(band_set) if c not in names and c not in optional]
     missing_keys = [c for c in dict.fromkeys((cat.id, cat.ra, cat.dec, hats.HEALPIX_COLUMN)) if c not in names]
+    _check_types(cfg["input"], hats.read_schema(source), band_columns(band_set))
+    _check_data_files(cfg["input"], source, int(props.get("hats_nrows", -1)))
     if missing_bands or missing_keys:
         pieces = []
         if missing_bands:
@@ -88,9 +107,42 @@ def plan(cfg: dict, registry: BandCatalog, workdir, band_set) -> ScorePlan:
         if missing_keys:
             pieces.append(f"the {cat_name} id/coordinate columns {', '.join(missing_keys)}")
         raise InputError(f"catalog {cfg['input']} ({source}) lacks columns: " + "; ".join(pieces))
-    return ScorePlan(source, cfg["output"] or parts[1], cat.id, cat.ra, cat.dec,
+    return ScorePlan(source, name, cat.id, cat.ra, cat.dec,
                      int(props["hats_order"]), tuple(dict.fromkeys((cat.id, cat.ra, cat.dec, hats.HEALPIX_COLUMN))),
                      FLAGS_COLUMN in names)
+
+
+def _check_types(name: str, schema: pa.Schema, bands: list[str]) -> None:
+    """Band columns must be numbers and ``flags`` an integer: one line naming the columns otherwise."""
+    wrong = [f"{c} ({schema.field(c).type})" for c in bands if c in schema.names
+             and not (pa.types.is_floating(schema.field(c).type) or pa.types.is_integer(schema.field(c).type)
+                      or pa.types.is_null(schema.field(c).type))]
+    if FLAGS_COLUMN in schema.names and not pa.types.is_integer(schema.field(FLAGS_COLUMN).type):
+        wrong.append(f"{FLAGS_COLUMN} ({schema.field(FLAGS_COLUMN).type}, must be an integer)")
+    if wrong:
+        raise InputError(f"catalog {name}: columns of the wrong type: {', '.join(wrong)}; "
+                         "flux and error columns must be numbers (float or integer)")
+
+
+def _check_data_files(name: str, source: Path, expected_rows: int) -> None:
+    """Every data file's Parquet footer is readable and the files hold the rows the catalog's
+    properties record; else one line naming the file (a truncated copy, a file still being written)."""
+    rows, order = 0, int(hats.read_properties(source)["hats_order"])
+    info = source / hats.PARTITION_INFO_FILE
+    if not info.is_file():
+        raise InputError(f"catalog {name}: {info} is missing: not a complete HATS catalog; rewrite it")
+    listed = info.read_text().split()[1:]  # a header, then one "order,npix" line per data file
+    for npix in (int(line.split(",")[1]) for line in listed):
+        path = source / hats.DATASET_DIR / hats.pixel_relpath(order, npix)  # the files scoring reads
+        try:
+            rows += pq.read_metadata(path).num_rows
+        except (OSError, pa.ArrowException) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"catalog {name}: data file {path} is unreadable ({reason}): "
+                             "copy or rewrite the catalog") from None
+    if expected_rows >= 0 and rows != expected_rows:
+        raise InputError(f"catalog {name}: its data files hold {rows} rows but its properties say "
+                         f"hats_nrows={expected_rows}: files are missing or extra; rewrite the catalog")
 
 
 class ListParam(AccumulatorParam):
@@ -136,7 +188,8 @@ def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: Mo
                                 batch_size=int(cfg["batch_size"]), extra_properties=props)
         if written["n_rows"] != rows_in:  # never commit an output that lost or gained rows
             raise RuntimeError(f"scored {written['n_rows']} rows of {rows_in}: output not committed")
-        flags = pq.read_table(staged / hats.DATASET_DIR, columns=[FLAGS_COLUMN], partitioning=None)[FLAGS_COLUMN].to_numpy()
+        flags = (pq.read_table(staged / hats.DATASET_DIR, columns=[FLAGS_COLUMN], partitioning=None)[FLAGS_COLUMN]
+                 .to_numpy() if written["n_rows"] else np.zeros(0, np.int32))  # an empty catalog has no data file
         stage.commit()
     seconds = time.time() - t0
     check_results = list(checks.value)
