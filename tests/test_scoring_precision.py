@@ -16,8 +16,8 @@ from photoz_spark.toy import toy_matched_table
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture(scope="module")
-def model_and_rows(tmp_path_factory):
+@pytest.fixture(scope="module", params=["flux", "asinh_mag"])
+def model_and_rows(tmp_path_factory, request):
     registry = load_bands()
     band_set = registry.band_set("all14")
     raw, observed, _ = sequence(toy_matched_table(500, 4), band_set, registry)
@@ -25,7 +25,7 @@ def model_and_rows(tmp_path_factory):
     raw[::7, 6:8] = np.nan
     config = ModelConfig(n_steps=len(band_set), hidden1=8, hidden2=4, dense=8, n_components=3)
     torch.manual_seed(2)
-    stats = compute_stats(raw[100:], observed[100:], band_set)
+    stats = compute_stats(raw[100:], observed[100:], band_set, representation=request.param)
     stats["mean"][0][0] += 1e4  # a large offset: float32 rounding of x - mean must stay small
     directory = tmp_path_factory.mktemp("model")
     layout = {"band_set": band_set.name, "bands": band_set.names, "n_steps": len(band_set), "n_channels": 2}

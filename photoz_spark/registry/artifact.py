@@ -143,7 +143,8 @@ class PhotozModel:
         self._scale = None  # the statistics as float32 tensors on the device (standardised)
 
     def standardised(self, raw_features: np.ndarray, observed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The network's input on the model's device: ``features.stats.standardise`` in float32.
+        """The network's input on the model's device: ``features.stats.standardise`` in float32
+        (the same representation: ``flux`` or ``asinh_mag``, from the model's stats).
 
         The raw float32 features go to the device as they are and are standardised there, so
         a scoring task's host does no float64 pass (standardise's float64 arithmetic, then a
@@ -153,17 +154,28 @@ class PhotozModel:
         Returns:
             features float32 [N, T*C] (0 for unobserved steps) and the observed mask bool [N, T].
         """
+        stats = self.meta["stats"]
         if self._scale is None or self._scale[0].device != self.device:
-            stats = self.meta["stats"]
-            self._scale = tuple(torch.tensor(stats[k], dtype=torch.float32, device=self.device) for k in ("mean", "std"))
-        mean, std = self._scale
+            keys = ("mean", "std", "softening") if "softening" in stats else ("mean", "std")
+            self._scale = tuple(torch.tensor(stats[k], dtype=torch.float32, device=self.device) for k in keys)
+        mean, std = self._scale[:2]
         n = len(raw_features)
         x = torch.from_numpy(np.ascontiguousarray(raw_features, dtype=np.float32)).to(self.device)
         mask = torch.from_numpy(np.asarray(observed, bool)).to(self.device)
         if x.shape[1:] != (mean.numel(),) or mask.shape[1:] != mean.shape[:1]:
             raise ValueError(f"features {tuple(x.shape)} / observed {tuple(mask.shape)} do not fit the model's "
                              f"{mean.shape[0]} bands x {mean.shape[1]} channels")
-        scaled = torch.where(mask[:, :, None], (x.view(n, *mean.shape) - mean) / std, 0.0)
+        steps = x.view(n, *mean.shape)
+        representation = stats.get("representation", "flux")  # as features.stats.standardise
+        if representation == "asinh_mag":
+            two_b = 2 * self._scale[2]
+            values = torch.stack([torch.asinh(steps[..., 0] / two_b),
+                                  steps[..., 1] / torch.hypot(two_b, steps[..., 0])], dim=-1)
+        elif representation == "flux":
+            values = (steps - mean) / std
+        else:
+            raise ValueError(f"the model's stats have representation {representation!r}; this version knows flux, asinh_mag")
+        scaled = torch.where(mask[:, :, None], values, 0.0)
         return scaled.reshape(n, mean.numel()), mask
 
     @torch.inference_mode()
