@@ -181,14 +181,15 @@ def score_pixel_file(model_dir: Path, source: Path, out: Path, device: str, prec
     checks = SimpleNamespace(results=[])
     checks.add = checks.results.extend  # the accumulator's add
     fn = task.scorer(SimpleNamespace(value=files), keep, None, runtime, checks)
-    pixels = hats._source_pixels(source)
     order = int(hats.read_properties(source)["hats_order"])
+    pixel_tasks = hats._tasks(source, order)  # map_hats' tasks: one per source pixel
     passes = []
     for label in ("first task", "warm task"):
         shutil.rmtree(out, ignore_errors=True)
         (out / f"Norder={order}").mkdir(parents=True)  # map_hats' driver makes this level
-        mapper = hats._executor_mapper(str(source / hats.DATASET_DIR), str(out), order, fn, columns, batch_size)
-        tasks = pa.RecordBatch.from_pydict({"Npix": [p[0] for p in pixels], "path": [p[1] for p in pixels]})
+        mapper = hats._executor_pixel_mapper(str(source / hats.DATASET_DIR), str(out), order, order,
+                                             hats._pixel_file_reader(fn, columns, batch_size))
+        tasks = pa.RecordBatch.from_pydict({"Npix": [t[0] for t in pixel_tasks], "files": [t[1] for t in pixel_tasks]})
         with Utilisation(runtime.task_device()) as util:
             t0 = time.perf_counter()
             counts = next(iter(mapper(iter([tasks]))))

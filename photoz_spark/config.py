@@ -139,3 +139,19 @@ def require(condition: bool, message: str) -> None:
     """Refuse an out-of-range setting with a message that says what is allowed."""
     if not condition:
         raise ConfigError(message)
+
+def resolve_recipe(cfg: dict) -> dict:
+    """``train`` settings with the chosen recipe's values filled in where a key is null.
+
+    A key set explicitly (``train.batch_size=256``) overrides the recipe; ``recipes`` is dropped.
+    """
+    if "recipes" not in cfg:  # resolved already, or a plain dict of settings
+        return dict(cfg)
+    recipes = cfg["recipes"]
+    require(cfg.get("recipe") in recipes, f"train.recipe must be one of {', '.join(recipes)}, got {cfg.get('recipe')!r}")
+    preset = recipes[cfg["recipe"]]
+    out = {k: v for k, v in cfg.items() if k != "recipes"}
+    for key, value in preset.items():
+        # an explicit value gets the preset's type (YAML 1.1 reads "1e-6" as a string)
+        out[key] = value if out.get(key) is None else _coerce(f"train.{key}", out[key], value)
+    return out

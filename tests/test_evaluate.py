@@ -64,6 +64,10 @@ def test_evaluate_writes_table1_figures_and_logs_to_the_model_run(evaluated, wor
     assert run_metrics["eval_test_n"] == counts["test"] and run_metrics["eval_train_n"] == counts["train"]
     test_row = evaluated["table1"][-1]
     assert run_metrics["eval_test_sigma_nmad"] == pytest.approx(test_row["sigma_nmad"])
+    # evaluation feeds the network what training fed it: the same model on the same split
+    # gives training's own test metrics (float32 vs float64 standardisation aside)
+    assert run_metrics["test_crps"] == pytest.approx(test_row["crps"], rel=1e-3)
+    assert run_metrics["test_sigma_nmad"] == pytest.approx(test_row["sigma_nmad"], rel=1e-3)
     assert "eval_test_pit_ks_val_fit_recalibrated" in run_metrics
 
 

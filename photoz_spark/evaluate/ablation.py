@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from photoz_spark.config import load_config, require
+from photoz_spark.config import load_config, require, resolve_recipe
 from photoz_spark.errors import InputError
 from photoz_spark.evaluate import report
 from photoz_spark.evaluate.run import EvalSettings, evaluate_model
@@ -96,7 +96,8 @@ def features_up_to_date(features_dir: Path, overrides: list[str], registry) -> b
 
 def training_params(train_config: dict, counts: dict) -> dict:
     """The run parameters a model trained with ``train_config`` on these row counts logged."""
-    return {**{f"train.{k}": v for k, v in train_config["train"].items()},
+    # the recipe resolved, as training logs it (explicit keys over the preset's values)
+    return {**{f"train.{k}": v for k, v in resolve_recipe(train_config["train"]).items()},
             **{f"model.{k}": v for k, v in train_config["model"].items()},
             **{f"rows.{k}": v for k, v in counts.items()}}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from photoz_spark.config import ConfigError, _coerce, require
+from photoz_spark.config import ConfigError, require, resolve_recipe
 from photoz_spark.errors import InputError, MissingInput
 from photoz_spark.features.catalog import LAYOUT_FILE
 from photoz_spark.model import ModelConfig
@@ -28,22 +28,6 @@ from photoz_spark.train.loop import TrainSettings
 
 STATUS_OK = "ok"
 
-
-def resolve_recipe(cfg: dict) -> dict:
-    """``train`` settings with the chosen recipe's values filled in where a key is null.
-
-    A key set explicitly (``train.batch_size=256``) overrides the recipe; ``recipes`` is dropped.
-    """
-    if "recipes" not in cfg:  # resolved already, or a plain dict of settings
-        return dict(cfg)
-    recipes = cfg["recipes"]
-    require(cfg.get("recipe") in recipes, f"train.recipe must be one of {', '.join(recipes)}, got {cfg.get('recipe')!r}")
-    preset = recipes[cfg["recipe"]]
-    out = {k: v for k, v in cfg.items() if k != "recipes"}
-    for key, value in preset.items():
-        # an explicit value gets the preset's type (YAML 1.1 reads "1e-6" as a string)
-        out[key] = value if out.get(key) is None else _coerce(f"train.{key}", out[key], value)
-    return out
 
 
 def settings_from(cfg: dict) -> TrainSettings:
