@@ -160,7 +160,10 @@ class PhotozModel:
             self._scale = tuple(torch.tensor(stats[k], dtype=torch.float32, device=self.device) for k in keys)
         mean, std = self._scale[:2]
         n = len(raw_features)
-        x = torch.from_numpy(np.ascontiguousarray(raw_features, dtype=np.float32)).to(self.device)
+        raw = np.ascontiguousarray(raw_features, dtype=np.float32)
+        if not raw.flags.writeable:  # a zero-copy Arrow view: torch warns about read-only arrays
+            raw = raw.copy()
+        x = torch.from_numpy(raw).to(self.device)
         mask = torch.from_numpy(np.asarray(observed, bool)).to(self.device)
         if x.shape[1:] != (mean.numel(),) or mask.shape[1:] != mean.shape[:1]:
             raise ValueError(f"features {tuple(x.shape)} / observed {tuple(mask.shape)} do not fit the model's "
