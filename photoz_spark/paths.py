@@ -30,6 +30,7 @@ NAME_KEYS = (
     "score.output",
     "crossmatch.run", "crossmatch.left", "crossmatch.right",
     "ingest.name",
+    "export.output",
     "features.matched", "features.band_set",
     "train.band_set",
     "sim.catalogs",

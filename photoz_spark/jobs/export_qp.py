@@ -59,6 +59,7 @@ def plan(cfg: dict, workdir) -> dict:
     from pathlib import Path
 
     from photoz_spark.export.qp import require_format
+    from photoz_spark.paths import safe_name
 
     parts = Path(cfg["input"]).parts
     require(len(parts) == 2 and parts[0] == "scores", f"export.input must be scores/<name>, got {cfg['input']!r}")
@@ -67,8 +68,7 @@ def plan(cfg: dict, workdir) -> dict:
     require(all(isinstance(p, int) and p >= 0 for p in pixels),
             f"export.pixels must be a list of pixel numbers, got {cfg['pixels']!r}")
     require_format(str(cfg["format"]))
-    name = cfg["output"] or parts[1]
-    require("/" not in name and name not in (".", ".."), f"export.output must be a plain name, got {name!r}")
+    name = safe_name(cfg["output"] or parts[1], "export.output")
     return {"scores_dir": workdir.root / cfg["input"], "output_dir": workdir.root / "qp" / name,
             "pixels": pixels or None, "columns": [str(c) for c in cfg["columns"]] or None,
             "limit": int(cfg["limit"]) or None, "single_file": bool(cfg["single_file"]), "fmt": str(cfg["format"]),
