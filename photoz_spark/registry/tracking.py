@@ -84,8 +84,12 @@ def log_model(model_dir: Path, sample_input, sample_output) -> str:
 
     import photoz_spark
 
-    with warnings.catch_warnings():  # MLflow's hints about type hints and examples, not problems here
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():
+        # MLflow's two hints about the signature, not problems here: the output's n_observed is an
+        # integer column on purpose, and the signature is given, so no input example is needed.
+        # Only these: a warning about the pyfunc itself (e.g. its type hints) must still show.
+        warnings.filterwarnings("ignore", message=r".*Inferred schema contains integer", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*An input example was not provided", category=UserWarning)
         info = _log_pyfunc(mlflow, photoz_spark, model_dir, infer_signature(sample_input, sample_output))
     return info.model_uri
 
