@@ -615,18 +615,28 @@ def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator
                           columns=schema.names, fallback_schema=schema)
 
 
-def _pixel_file_reader(fn, columns: list[str], batch_size: int):
-    """``map_hats``' ``process``: ``fn`` of the pixel file's batches."""
+def _pixel_file_reader(fn, columns: list[str], batch_size: int, count=None):
+    """``map_hats``' ``process``: ``fn`` of the pixel file's batches, each output batch counted by ``count``."""
 
     def process(npix: int, path: str, stats: dict) -> Iterator[pa.RecordBatch]:
-        return fn(pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns))
+        batches = fn(pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns))
+        return batches if count is None else _counted(batches, count, stats)
 
     return process
 
 
+def _counted(batches: Iterator[pa.RecordBatch], count, stats: dict) -> Iterator[pa.RecordBatch]:
+    """Pass ``batches`` through, adding ``count(batch)``'s integers to ``stats``."""
+    for batch in batches:
+        for key, value in count(batch).items():
+            stats[key] = stats.get(key, 0) + int(value)
+        yield batch
+
+
 def map_hats(spark, source, path, fn: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]], *,
              columns: list[str], schema: pa.Schema, catalog_name: str, batch_size: int = 65_536,
-             extra_properties: dict | None = None) -> dict:
+             extra_properties: dict | None = None,
+             count: Callable[[pa.RecordBatch], dict[str, int]] | None = None) -> dict:
     """Write a catalog whose every pixel is ``fn`` of the same pixel of ``source``: no shuffle.
 
     ``map_pixels`` with one task per source pixel that reads its file with pyarrow in batches
@@ -644,6 +654,8 @@ def map_hats(spark, source, path, fn: Callable[[Iterator[pa.RecordBatch]], Itera
         catalog_name: recorded as ``obs_collection``.
         batch_size: rows per batch read.
         extra_properties: more ``properties`` keys (may not override computed ones).
+        count: runs on the executors for every output batch; the integers it returns are summed
+            over all tasks into the summary's ``stats`` (so the driver never reads the output back).
 
     Returns:
         Summary dict: path, n_rows, n_partitions, order, n_row_groups, stats.
@@ -655,7 +667,7 @@ def map_hats(spark, source, path, fn: Callable[[Iterator[pa.RecordBatch]], Itera
     missing = [c for c in columns if c not in read_schema(catalog).names]
     if missing:
         raise ValueError(f"{catalog} lacks columns {', '.join(missing)}")
-    return map_pixels(spark, catalog, path, _pixel_file_reader(fn, list(columns), batch_size), schema=schema,
+    return map_pixels(spark, catalog, path, _pixel_file_reader(fn, list(columns), batch_size, count), schema=schema,
                       catalog_name=catalog_name, extra_properties=extra_properties)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from photoz_spark import PROJECT_DIR, hats
 from photoz_spark.bands import load_bands
-from photoz_spark.flags import Flag
+from photoz_spark.flags import Flag, count_flags
 from photoz_spark.jobs import build_features, score_catalog
 from photoz_spark.jobs import train as train_job
 from photoz_spark.toy import toy_matched_table
@@ -126,6 +126,8 @@ def test_bad_photometry_is_flagged_not_fatal(scored):
     assert all(np.isnan(out[c].to_numpy()[r]) for c in ("z_phot_mean", "z_phot_median", "z_phot_mode", "z_phot_u95"))
     assert np.isnan(out["mixmod_means"][r].as_py()).all()
     assert summary["not_scored"] == 1 and np.isfinite(np.delete(mean, r)).all()
+    # The summary's counts come from the tasks (the driver never reads the output back): same numbers.
+    assert summary["flagged"] == count_flags(flags) and summary["flagged"]["BAD_FLUX"] >= 2
 
 
 def test_kernel_without_spark(model):

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -155,6 +154,14 @@ class ListParam(AccumulatorParam):
         return a + b
 
 
+FLAG_STAT = "flag_"  # prefix of the per-flag row counts the scoring tasks return
+
+
+def count_output_flags(batch: pa.RecordBatch) -> dict[str, int]:
+    """Rows of a scored batch carrying each flag, counted in the task (the driver reads no output)."""
+    return {FLAG_STAT + name: n for name, n in count_flags(batch.column(FLAGS_COLUMN).to_numpy()).items()}
+
+
 def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: ModelFiles, band_set,
                   bands_file: str | None = None) -> dict:
     """Score ``score.input`` into ``scores/<name>``. Returns the job summary."""
@@ -185,18 +192,18 @@ def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: Mo
         # Pixel by pixel, input file -> output file: the input is already HEALPix-partitioned.
         written = hats.map_hats(spark, p.source, staged, task, columns=columns,
                                 schema=output_schema(scored_input, p.keep), catalog_name=f"scores_{p.name}",
-                                batch_size=int(cfg["batch_size"]), extra_properties=props)
+                                batch_size=int(cfg["batch_size"]), extra_properties=props,
+                                count=count_output_flags)
         if written["n_rows"] != rows_in:  # never commit an output that lost or gained rows
             raise RuntimeError(f"scored {written['n_rows']} rows of {rows_in}: output not committed")
-        flags = (pq.read_table(staged / hats.DATASET_DIR, columns=[FLAGS_COLUMN], partitioning=None)[FLAGS_COLUMN]
-                 .to_numpy() if written["n_rows"] else np.zeros(0, np.int32))  # an empty catalog has no data file
         stage.commit()
     seconds = time.time() - t0
     check_results = list(checks.value)
+    flagged = {f.name: int(written["stats"].get(FLAG_STAT + f.name, 0)) for f in Flag}
     return {"device": runtime.device, "precision_checks": check_results, "absent_bands": props["photoz_absent_bands"],
             "calibrated": meta.get("calibration") is not None,
             "input": str(p.source), "output": str(target), "model_uri": files.uri, "band_set": band_set.name,
             "rows_in": rows_in, "rows_out": written["n_rows"], "partitions": written["n_partitions"],
-            "flagged": count_flags(flags), "not_scored": int(np.count_nonzero(flags & Flag.NOT_SCORED)),
+            "flagged": flagged, "not_scored": flagged[Flag.NOT_SCORED.name],
             "seconds": seconds, "rows_per_s": rows_in / max(seconds, 1e-9)}
 
