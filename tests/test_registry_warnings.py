@@ -44,7 +44,7 @@ expected = artifact.PhotozModel(tmp / "model", registry).predict_table(pa.Table.
 
 import mlflow
 
-mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")  # artifacts: ./mlruns of the test's folder
 print("@@ log", file=sys.stderr, flush=True)
 with mlflow.start_run():
     uri = tracking.log_model(tmp / "model", sample, expected)
@@ -65,12 +65,12 @@ _get_func_info_if_type_hint_supported(predict)
 
 
 @pytest.fixture(scope="module")
-def run_output():
+def run_output(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")]),
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     done = subprocess.run([sys.executable, "-W", "always::UserWarning", "-c", SCRIPT], check=False,
                           capture_output=True,
-                          text=True, env=env, timeout=600, cwd=PROJECT_DIR)
+                          text=True, env=env, timeout=600, cwd=tmp_path_factory.mktemp("registry"))
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout, done.stderr
 
