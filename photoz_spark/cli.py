@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from photoz_spark.commit import recover
 from photoz_spark.config import ConfigError, load_config, resolve_path
 from photoz_spark.errors import UserError
 from photoz_spark.paths import check_setting_names
@@ -126,12 +127,17 @@ def run_job(parser: argparse.ArgumentParser, argv: list[str] | None, validate, r
         summary: ``summary(result, job)`` prints the job's summary.
         spark: whether the job needs a SparkSession (started after validate).
 
+    Before anything, ``commit.recover`` repairs what a killed job left in the work directory (an
+    interrupted commit is finished or rolled back; dead staging folders are removed).
+
     Returns:
         The summary dict.
     """
     from photoz_spark.bands import load_bands
 
     args, config, workdir = parse_job_args(parser, argv)
+    for line in recover(workdir.root):  # a killed job's half commit or staging folders, first
+        print(f"recovered: {line}", flush=True)
     try:
         check_setting_names(config)  # no name setting may lead an output out of the workdir
         job = Job(args, config, load_bands(resolve_path(config["bands_file"])), workdir)

@@ -35,7 +35,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from photoz_spark import __version__
+from photoz_spark import __version__, faults
+from photoz_spark.commit import unique_name
+from photoz_spark.errors import InputError
 
 HEALPIX_COLUMN = "_healpix_29"
 HEALPIX_ORDER = 29
@@ -180,6 +182,7 @@ class _PixelFileWriter:
         if self._pending_rows:
             self._writer.write_table(pa.Table.from_batches(self._pending), row_group_size=self._pending_rows)
             self.n_row_groups += 1
+            faults.point("hats.pixel_file")  # tests: a task killed with a pixel file half written
         self._pending, self._pending_rows = [], 0
 
     def _finish(self) -> None:
@@ -327,7 +330,7 @@ def _commit(staging: Path, target: Path) -> None:
     """Put the finished staging folder at ``target``, replacing any earlier catalog."""
     old = None
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
+        old = target.with_name(unique_name(f".{target.name}.old"))  # owner-named: commit.recover restores it
         target.rename(old)
     try:
         staging.rename(target)
@@ -373,10 +376,13 @@ def _write_catalog(path, write_pixels: Callable[[Path], _Written], *, order: int
     _check_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Beside the target, so the final rename stays on one filesystem and is atomic.
-    staging = target.with_name(f".{target.name}.staging-{uuid.uuid4().hex}")
+    staging = target.with_name(unique_name(f".{target.name}.staging"))  # commit.recover removes a dead one
     try:
         (staging / DATASET_DIR / f"Norder={order}").mkdir(parents=True)
         written = write_pixels(staging / DATASET_DIR)
+        faults.point("hats.catalog")  # tests: killed with the data files written, the metadata not
+        for leftover in (staging / DATASET_DIR).rglob(".*.tmp"):
+            leftover.unlink()  # a failed task attempt's half file (Spark retried the task elsewhere)
         counts = written.counts
         pixels = sorted(counts)
         # The row-group index is ~3 kB per row group, read from every footer by the driver: only
@@ -708,6 +714,54 @@ def read_schema(path) -> pa.Schema:
     return pq.read_schema(_require_catalog(path) / DATASET_DIR / "_common_metadata")
 
 
+def check_data_files(path, name: str | None = None, columns: Iterable[str] | None = None) -> int:
+    """Read every data file's Parquet footer (no data): each must be readable, hold ``columns``
+    with the types ``dataset/_common_metadata`` records, and all together the ``hats_nrows`` rows
+    of ``properties``. A truncated copy, a file still being written or rewritten with a text flux
+    column, is one line naming the file, not a Spark traceback later.
+
+    Args:
+        path: the catalog folder.
+        name: how the message names the catalog (default: its path).
+        columns: the columns to check (default: every column of the catalog's schema).
+
+    Returns:
+        The rows the data files hold.
+
+    Raises:
+        InputError: one line naming the catalog, the file and the column.
+    """
+    catalog, name = Path(path), name or str(path)
+    props = read_properties(catalog)
+    info = catalog / PARTITION_INFO_FILE
+    if not info.is_file():
+        raise InputError(f"catalog {name}: {info} is missing: not a complete HATS catalog; rewrite it")
+    common = read_schema(catalog)
+    wanted = [c for c in (columns if columns is not None else common.names) if c in common.names]
+    rows = 0
+    for line in info.read_text().split()[1:]:  # a header, then one "Norder,Npix" line per data file
+        order, npix = (int(v) for v in line.split(",")[:2])
+        data = catalog / DATASET_DIR / pixel_relpath(order, npix)  # the files jobs read
+        try:
+            meta = pq.read_metadata(data)
+            schema = meta.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"catalog {name}: data file {data} is unreadable ({reason}): "
+                             "copy or rewrite the catalog") from None
+        wrong = [f"{c} is {schema.field(c).type if c in schema.names else 'missing'}, not {common.field(c).type}"
+                 for c in wanted if c not in schema.names or schema.field(c).type != common.field(c).type]
+        if wrong:
+            raise InputError(f"catalog {name}: data file {data}: column {', '.join(wrong)} (as the catalog's "
+                             "schema says): rewrite the file with the catalog's column types")
+        rows += meta.num_rows
+    expected = int(props.get("hats_nrows", -1))
+    if expected >= 0 and rows != expected:
+        raise InputError(f"catalog {name}: its data files hold {rows} rows but its properties say "
+                         f"hats_nrows={expected}: files are missing or extra; rewrite the catalog")
+    return rows
+
+
 def read_hats(spark, path):
     """Read a HATS catalog's data into a Spark DataFrame.
 
@@ -743,6 +797,11 @@ def _require_catalog(path) -> Path:
             f"{catalog} is not a HATS catalog (expected {catalog / PROPERTIES_FILE} and {catalog / DATASET_DIR}/)"
         )
     return catalog
+
+
+def check_replaceable(target) -> None:
+    """Refuse (``FileExistsError``) a ``target`` that exists and is not a catalog or an empty folder."""
+    _check_target(Path(target))
 
 
 def replace_folder(staging, target) -> None:

@@ -1,12 +1,18 @@
-"""Stage a job's outputs, then commit them all at the end: all-or-nothing, rerun replaces."""
+"""Stage a job's outputs, then commit them all at the end: all-or-nothing, rerun replaces.
+
+The staging folder is ``<workdir>/.<job>-staging-<host>-<pid>-<uuid>``: the owner in the name lets
+``commit.recover`` remove it when a killed job left it behind. ``commit`` is one journaled commit
+of every output (``commit.commit_renames``), so a kill mid-commit is finished or rolled back by
+the next job, never left half done.
+"""
 
 from __future__ import annotations
 
 import shutil
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from photoz_spark import commit as commits
 from photoz_spark import hats
 
 
@@ -14,7 +20,8 @@ class JobStaging:
     """A hidden folder under the work directory where a job writes everything it produces."""
 
     def __init__(self, root: Path, job: str):
-        self.path = Path(root) / f".{job}-staging-{uuid.uuid4().hex}"
+        self.root, self.job = Path(root), job
+        self.path = self.root / commits.unique_name(f".{job}-staging")
         self._commits: list[tuple[Path, Path]] = []
 
     def output(self, name: str, target: Path) -> Path:
@@ -24,10 +31,11 @@ class JobStaging:
         return staged
 
     def commit(self) -> None:
-        """Move every staged output into place, replacing earlier ones (after all succeeded)."""
-        for staged, target in self._commits:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            hats.replace_folder(staged, target)
+        """Move every staged output into place, replacing earlier ones (after all succeeded), as
+        one journaled commit: a kill part-way is finished or undone by the next job's ``recover``."""
+        for _, target in self._commits:
+            hats.check_replaceable(target)  # every refusal before the first rename
+        commits.commit_renames(self.root, self.job, self._commits)
 
 
 @contextmanager

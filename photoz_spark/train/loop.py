@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import distributed as dist
 
+from photoz_spark import faults
 from photoz_spark.model import mdn
 from photoz_spark.model.network import BiLSTMMDN
 
@@ -199,6 +200,7 @@ def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
         state["epoch"] = epoch + 1
         if checkpoint and _rank() == 0:
             _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(), "loop": state})
+            faults.point("train.checkpoint")  # tests: killed mid-training, a checkpoint behind it
         if on_epoch:
             on_epoch(record)
         if state["bad_epochs"] >= settings.patience:
