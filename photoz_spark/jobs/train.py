@@ -20,9 +20,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = job_parser(__doc__, "train.yaml")
     config_option(parser, "--band-set", "train.band_set", metavar="NAME",
                   help="a band set of conf/bands.yaml (sets train.band_set)")
+    from photoz_spark.train.locks import check_free
     from photoz_spark.train.run import train_and_register
 
-    return run_job(parser, argv, lambda job: job.bands.band_set(job.config["train"]["band_set"]),
+    def validate(job):
+        name = job.config["mlflow"]["model_name"]
+        check_free(job.workdir.root / "train" / name, name)  # a training of this name runs: stop before Spark
+        return job.bands.band_set(job.config["train"]["band_set"])
+
+    return run_job(parser, argv, validate,
                    lambda job, spark, _: train_and_register(spark, job.config, job.bands, job.workdir), print_summary)
 
 

@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from photoz_spark import hats
 from photoz_spark.config import ConfigError, require, resolve_recipe
 from photoz_spark.errors import InputError, MissingInput
 from photoz_spark.features.catalog import LAYOUT_FILE
 from photoz_spark.model import ModelConfig
+from photoz_spark.train.guard import check_resume, fingerprint
 from photoz_spark.train.loop import TrainSettings
 
 STATUS_OK = "ok"
@@ -282,7 +284,17 @@ def calibration_metrics(arrays: dict, prefix: str) -> dict:
 
 
 def train_and_register(spark, config: dict, registry, workdir) -> dict:
-    """The whole training stage. Returns the summary the job prints."""
+    """The whole training stage under the model name's lock (``locks.train_lock``: a second
+    training of the same name is refused before any work). Returns the summary the job prints."""
+    from photoz_spark.train.locks import train_lock
+
+    model_name = config["mlflow"]["model_name"]
+    with train_lock(Path(workdir.root) / "train" / model_name, model_name):
+        return _train_and_register(spark, config, registry, workdir)
+
+
+def _train_and_register(spark, config: dict, registry, workdir) -> dict:
+    """The training stage proper (see ``train_and_register``)."""
     import torch
 
     from photoz_spark.metrics.figures import zphot_figure
@@ -300,6 +312,7 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
     features_dir = Path(workdir.features) / cfg["band_set"]
     if not (features_dir / LAYOUT_FILE).is_file():
         raise MissingInput(f"no features at {features_dir}: run jobs/build_features.py --band-set {cfg['band_set']}")
+    hats.check_data_files(features_dir, f"features/{cfg['band_set']}")  # a damaged file: one line naming it
     feed = ArrowFeed(features_dir)
     counts = {s: feed.count(s) for s in ("train", "validation", "test")}
     validate(cfg, feed.layout, feed.stats, counts)
@@ -315,11 +328,13 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     run_file = out_dir / "run.json"
     resumed = cfg["resume"] and run_file.is_file() and (out_dir / "checkpoint.pt").is_file()
+    mcfg = model_config(config["model"], feed.layout)
+    # A checkpoint of other settings (recipe, network, band set, features) is refused, never continued.
+    check_resume(out_dir, fingerprint(cfg, mcfg, feed.layout, feed.stats, counts), resumed)
     if not resumed:
         for old in ("checkpoint.pt", "history.jsonl", "best.pt"):
             (out_dir / old).unlink(missing_ok=True)
     run_id = json.loads(run_file.read_text())["run_id"] if resumed else None
-    mcfg = model_config(config["model"], feed.layout)
     with reg.start_run(run_id, experiment_id) as run:
         run_file.write_text(json.dumps({"run_id": run.info.run_id}))
         if not resumed:
