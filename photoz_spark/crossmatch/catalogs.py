@@ -65,6 +65,10 @@ def open_catalog(name: str, path: Path, registry: Registry, *, with_bands: bool)
     catalog = InputCatalog(name=name, path=Path(path), id=spec.id, ra=spec.ra, dec=spec.dec,
                            band_columns=bands, schema=schema, properties=properties)
     _check_columns(catalog)
+    # every pixel file's footer: one line naming a bad one; no rows: nothing to match against or with
+    if hats.check_data_files(path, name, catalog.columns) == 0:
+        raise CatalogError(f"catalog {name!r} ({path}) has no rows: nothing to crossmatch; write it again "
+                           "(e.g. a larger sim.footprint) or leave it out of the crossmatch")
     return catalog
 
 

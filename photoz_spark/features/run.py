@@ -119,6 +119,10 @@ def validate(cfg: dict, registry: BandCatalog, workdir) -> tuple[FeatureSpec, Pa
     if not (matched / hats.PROPERTIES_FILE).is_file():
         raise InputError(f"matched catalog not found: {matched} (run jobs/crossmatch.py, or set features.matched)")
     check_input(input_schema(matched), spec, matched)
+    # a truncated or retyped pixel file: one line naming it, before Spark; no rows: no features, no statistics
+    if hats.check_data_files(matched) == 0:
+        raise InputError(f"matched catalog {matched} has no rows: no features (nor their standardisation) can be "
+                         "built from it; crossmatch a catalog with rows first")
     return spec, matched
 
 

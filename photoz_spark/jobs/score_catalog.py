@@ -29,13 +29,17 @@ def main(argv: list[str] | None = None) -> dict:
     config_option(parser, "--alias", "mlflow.alias", metavar="ALIAS",
                   help="registry alias, default champion (sets mlflow.alias)")
     from photoz_spark.registry.artifact import PhotozModel
+    from photoz_spark.registry.bandcheck import check_bands_agree
     from photoz_spark.registry.resolve import resolve_model
     from photoz_spark.scoring.run import input_and_output, plan, score_catalog
 
     def validate(job):
         input_and_output(job.config["score"], job.workdir)  # the output can't replace the input: before the model
         files, directory = resolve_model(job.config, job.workdir, "score")
-        band_set = PhotozModel(directory, job.bands).band_set  # with its name, from the model itself
+        model = PhotozModel(directory, job.bands)
+        band_set = model.band_set  # with its name, from the model itself
+        # the bands file describes the user's catalogs: it must describe the model's bands as the model does
+        check_bands_agree(model.meta, model.bands, band_set, job.bands, job.config["bands_file"])
         plan(job.config["score"], job.bands, job.workdir, band_set)  # every input problem before Spark starts
         return files, band_set
 

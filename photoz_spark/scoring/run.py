@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from photoz_spark import hats
 from photoz_spark.bands import BandCatalog
@@ -96,7 +95,7 @@ def plan(cfg: dict, registry: BandCatalog, workdir, band_set) -> ScorePlan:
     missing_bands = [c for c in band_columns(band_set) if c not in names and c not in optional]
     missing_keys = [c for c in dict.fromkeys((cat.id, cat.ra, cat.dec, hats.HEALPIX_COLUMN)) if c not in names]
     _check_types(cfg["input"], hats.read_schema(source), band_columns(band_set))
-    _check_data_files(cfg["input"], source, int(props.get("hats_nrows", -1)))
+    hats.check_data_files(source, cfg["input"], [c for c in band_columns(band_set) if c in names])
     if missing_bands or missing_keys:
         pieces = []
         if missing_bands:
@@ -121,27 +120,6 @@ def _check_types(name: str, schema: pa.Schema, bands: list[str]) -> None:
     if wrong:
         raise InputError(f"catalog {name}: columns of the wrong type: {', '.join(wrong)}; "
                          "flux and error columns must be numbers (float or integer)")
-
-
-def _check_data_files(name: str, source: Path, expected_rows: int) -> None:
-    """Every data file's Parquet footer is readable and the files hold the rows the catalog's
-    properties record; else one line naming the file (a truncated copy, a file still being written)."""
-    rows, order = 0, int(hats.read_properties(source)["hats_order"])
-    info = source / hats.PARTITION_INFO_FILE
-    if not info.is_file():
-        raise InputError(f"catalog {name}: {info} is missing: not a complete HATS catalog; rewrite it")
-    listed = info.read_text().split()[1:]  # a header, then one "order,npix" line per data file
-    for npix in (int(line.split(",")[1]) for line in listed):
-        path = source / hats.DATASET_DIR / hats.pixel_relpath(order, npix)  # the files scoring reads
-        try:
-            rows += pq.read_metadata(path).num_rows
-        except (OSError, pa.ArrowException) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise InputError(f"catalog {name}: data file {path} is unreadable ({reason}): "
-                             "copy or rewrite the catalog") from None
-    if expected_rows >= 0 and rows != expected_rows:
-        raise InputError(f"catalog {name}: its data files hold {rows} rows but its properties say "
-                         f"hats_nrows={expected_rows}: files are missing or extra; rewrite the catalog")
 
 
 class ListParam(AccumulatorParam):
