@@ -179,3 +179,89 @@ def test_a_symlinked_output_is_replaced_not_followed(tmp_path):
     (root / "catalogs").mkdir(parents=True)
     (root / "catalogs" / "x").symlink_to(elsewhere)
     assert check_output(root / "catalogs" / "x", root, [elsewhere]) == root / "catalogs" / "x"
+
+
+def test_band_definitions_that_disagree_with_the_model_are_named():
+    from dataclasses import replace
+
+    from photoz_spark.bands import load_bands
+    from photoz_spark.registry.artifact import band_definitions, bands_from_definitions
+    from photoz_spark.registry.bandcheck import band_differences, check_bands_agree
+
+    bands = load_bands()
+    meta = {"bands": band_definitions(bands, bands.band_set("sdss_wise9"))}
+    model_bands, model_set = bands_from_definitions(meta["bands"])
+    check_bands_agree(meta, model_bands, model_set, bands, "conf/bands.yaml")  # the same file: agrees
+    w1, u = bands.band("wise_w1"), bands.band("sdss_u")
+    other = replace(bands, bands={**bands.bands, "wise_w1": replace(w1, unit="nJy"),
+                                 "sdss_u": replace(u, flux="PSF_FLUX_U", err_kind="sigma")})
+    assert band_differences(model_bands, model_set, other) == [
+        "sdss_u flux PSF_FLUX_U here, psfFlux_u in the model", "sdss_u err_kind sigma here, ivar in the model",
+        "wise_w1 unit nJy (1e-09 Jy) here, nanomaggy (3.631e-06 Jy) in the model"]
+    with pytest.raises(InputError, match="the bands file my.yaml disagrees with the model's band definitions"):
+        check_bands_agree(meta, model_bands, model_set, other, "my.yaml")
+    check_bands_agree({}, model_bands, model_set, other, "my.yaml")  # an old model reads the bands file itself
+
+
+# --- damaged or empty catalogs given to build_features and crossmatch: one line naming the file ---
+
+def _largest_file(catalog: Path) -> Path:
+    return max((catalog / hats.DATASET_DIR).rglob("Npix=*.parquet"), key=lambda p: p.stat().st_size)
+
+
+def _truncate(catalog: Path) -> Path:
+    victim = _largest_file(catalog)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    return victim
+
+
+def _string_column(catalog: Path, column: str) -> Path:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    victim = _largest_file(catalog)
+    table = pq.read_table(victim)
+    i = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(i, column, pc.cast(table[column], pa.string())), victim)
+    return victim
+
+
+FEATURES = ["features.matched=X", "--band-set", "sdss_wise9"]
+
+
+def test_features_refuse_a_truncated_pixel_file_naming_it(workdir, capsys):
+    victim = _truncate(workdir / "matched" / "X")
+    err = one_line_error(capsys, "features", ["--workdir", str(workdir), *FEATURES])
+    assert f"data file {victim} is unreadable" in err and not (workdir / "features").exists()
+
+
+def test_features_refuse_a_pixel_file_with_a_string_flux_naming_both(workdir, capsys):
+    victim = _string_column(workdir / "matched" / "X", "psfFlux_g")
+    err = one_line_error(capsys, "features", ["--workdir", str(workdir), *FEATURES])
+    assert f"data file {victim}: column psfFlux_g is string, not float" in err
+
+
+def test_features_of_an_empty_matched_catalog_are_one_line(tmp_path, capsys):
+    wd = tmp_path / "wd"
+    hats.write_hats_table(toy_matched_table(10, 1).slice(0, 0), wd / "matched" / "X", order=3, ra_col="RA",
+                          dec_col="DEC", catalog_name="X")
+    err = one_line_error(capsys, "features", ["--workdir", str(wd), *FEATURES])
+    assert "has no rows" in err and not (wd / "features").exists()
+
+
+def test_crossmatch_refuses_a_truncated_catalog_and_an_empty_one(workdir, capsys):
+    table = toy_matched_table(40, 1)
+    dr16q = table.select(["THING_ID", "RA", "DEC", hats.HEALPIX_COLUMN])
+    sdss = table.rename_columns([{"THING_ID": "objID", "RA": "ra", "DEC": "dec"}.get(c, c) for c in table.column_names])
+    hats.write_hats_table(dr16q, workdir / "catalogs" / "dr16q", order=3, ra_col="RA", dec_col="DEC",
+                          catalog_name="dr16q")
+    hats.write_hats_table(sdss, workdir / "catalogs" / "sdss", order=3, ra_col="ra", dec_col="dec",
+                          catalog_name="sdss")
+    victim = _truncate(workdir / "catalogs" / "sdss")
+    err = one_line_error(capsys, "crossmatch", ["--workdir", str(workdir), "crossmatch.right=[sdss]"])
+    assert f"catalog sdss: data file {victim} is unreadable" in err and not (workdir / "matched" / "dr16q").exists()
+    hats.write_hats_table(dr16q.slice(0, 0), workdir / "catalogs" / "dr16q", order=3, ra_col="RA", dec_col="DEC",
+                          catalog_name="dr16q")
+    err = one_line_error(capsys, "crossmatch", ["--workdir", str(workdir), "crossmatch.right=[sdss]"])
+    assert "catalog 'dr16q'" in err and "has no rows" in err

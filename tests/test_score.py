@@ -296,6 +296,19 @@ def test_string_flux_and_truncated_file_are_one_line_naming_them(workdir, capsys
         assert not (workdir / "scores" / name).exists()
 
 
+def test_a_bands_file_in_other_units_than_the_model_is_refused(workdir, tmp_path, capsys):
+    """The model was trained with W1 in nanomaggies; a bands file that says nJy describes other
+    numbers: refused before any row is read (issue 18: it scored with exit 0, z shifted by 0.07)."""
+    text = (PROJECT_DIR / "conf" / "bands.yaml").read_text()
+    line = next(x for x in text.splitlines() if x.strip().startswith("wise_w1:"))
+    bands_file = tmp_path / "bands.yaml"
+    bands_file.write_text(text.replace(line, line.replace("unit: nanomaggy", "unit: nJy")))
+    err = _one_line_error(capsys, ["--workdir", str(workdir), "--input", "matched/toscore", "score.output=nJy",
+                                   f"bands_file={bands_file}"])
+    assert "wise_w1 unit nJy (1e-09 Jy) here, nanomaggy (3.631e-06 Jy) in the model" in err
+    assert str(bands_file) in err and not (workdir / "scores" / "nJy").exists()
+
+
 class Payload:
     """Anything that is not a tensor: torch refuses to unpickle it with weights_only=True."""
 
