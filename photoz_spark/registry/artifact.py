@@ -3,7 +3,9 @@
 A model directory holds ``weights.pt`` (a state dict, loaded with ``weights_only=True`` so no
 pickled code runs) and ``model.json`` (network config, feature layout, the training
 standardisation statistics, and the band set: its name and each band's native flux/error
-columns, unit and error kind, so the model needs no ``conf/bands.yaml`` to run). The MLflow
+columns, unit and error kind, so the model needs no ``conf/bands.yaml`` to run). A deep
+ensemble (``train.ensemble`` > 1) is one such model: ``weights.pt`` holds every member and
+``model.json`` says ``"ensemble": M`` (``model/ensemble.py``); it predicts one mixture. The MLflow
 pyfunc (``registry/mlflow_model.py``), training, scoring and evaluation all use
 ``PhotozModel``, so a model predicts the same way everywhere.
 """
@@ -23,8 +25,9 @@ import torch
 from photoz_spark.bands import Band, BandCatalog, BandSet, Catalog, load_bands
 from photoz_spark.errors import InputError
 from photoz_spark.features.sequencing import sequence
-from photoz_spark.model import BiLSTMMDN, ModelConfig, mixture
+from photoz_spark.model import ModelConfig, mixture
 from photoz_spark.model.calibration import PitCalibration
+from photoz_spark.model.ensemble import build_network
 
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "model.json"
@@ -67,7 +70,8 @@ def save_model_files(directory: Path, state_dict: dict, meta: dict, bands: BandC
     Args:
         directory: the model folder (created).
         state_dict: the network's weights.
-        meta: model_config, layout (with band_set and bands), stats, and anything else to keep.
+        meta: model_config, layout (with band_set and bands), stats, and anything else to keep;
+            ``ensemble``: M when ``state_dict`` is an EnsembleMDN's (absent: one network).
         bands: the band catalog the model was trained with: its band set's definitions are
             stored, so the model loads without a bands file.
     """
@@ -110,6 +114,15 @@ def load_weights(path: Path, device) -> dict:
         raise InputError(f"{path} is not a readable torch weights file ({reason})") from None
 
 
+def ensemble_members(meta: dict) -> int:
+    """M of a deep ensemble (model.json ``"ensemble": M``, one weights.pt holding every member);
+    1 for a single network, including every model saved before ensembles existed."""
+    members = meta.get("ensemble", 1)
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise InputError(f"{META_FILE}: 'ensemble' must be a whole number of members >= 1, got {members!r}")
+    return members
+
+
 class PhotozModel:
     """The network plus everything needed to turn a catalog's native columns into its input."""
 
@@ -131,7 +144,7 @@ class PhotozModel:
         self.meta = json.loads((directory / META_FILE).read_text())
         self.bands, self.band_set = model_bands(self.meta, bands)
         self.device = torch.device(device)
-        self.network = BiLSTMMDN(ModelConfig(**self.meta["model_config"]))
+        self.network = build_network(ModelConfig(**self.meta["model_config"]), ensemble_members(self.meta))
         try:
             self.network.load_state_dict(load_weights(directory / WEIGHTS_FILE, self.device))
         except RuntimeError as err:  # torch lists every mismatched tensor, one per line
