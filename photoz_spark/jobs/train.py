@@ -36,7 +36,8 @@ def print_summary(s: dict, job=None) -> None:
     m, d = s["metrics"], s["distributed"]
     print("\n=== train ===")
     print(f"rows          train {s['counts']['train']:,}  validation {s['counts']['validation']:,}  test {s['counts']['test']:,}")
-    print(f"training      {s['epochs']} epochs{' (resumed)' if s['resumed'] else ''}, best epoch {d['best_epoch']}, "
+    members = f" over {len(d['members'])} members (epochs below: the members' maxima)" if d.get("members") else ""
+    print(f"training      {s['epochs']} epochs{members}{' (resumed)' if s['resumed'] else ''}, best epoch {d['best_epoch']}, "
           f"{d['epochs_run']} run, {'early stop' if d['stopped_early'] else 'max epochs'}; "
           f"{'GPU' if d['use_gpu'] else 'CPU'}, {'local' if d['local_mode'] else 'cluster'} mode; "
           f"{s['samples_per_s']:,.0f} samples/s; {s['seconds']['train']:.0f} s")
@@ -45,6 +46,8 @@ def print_summary(s: dict, job=None) -> None:
             print(f"{name:<13} sigma_NMAD {m[f'{prefix}_sigma_nmad']:.4f}  f_out {100 * m[f'{prefix}_f_out']:.2f} %  "
                   f"bias {m[f'{prefix}_bias']:+.4f}  MSE {m[f'{prefix}_mse']:.4f}  MAE {m[f'{prefix}_mae']:.4f}  "
                   f"CRPS {m[f'{prefix}_crps']:.4f}")
+    if d.get("members"):
+        print_members(d["members"], m)
     if "test_pit_ks" in m:
         line = f"PIT (test)    KS {m['test_pit_ks']:.3f} against U(0,1)"
         if "test_pit_ks_calibrated" in m:
@@ -55,6 +58,17 @@ def print_summary(s: dict, job=None) -> None:
     print(f"mlflow        run {s['run_id']} at {s['tracking_uri']}")
     if s["tracking_uri"].startswith("sqlite:"):
         print(f"              open the UI: .venv/bin/mlflow ui --backend-store-uri {s['tracking_uri']} --port 5000")
+
+
+def print_members(members: list[dict], m: dict) -> None:
+    """A deep ensemble's members (seed, epochs, metrics) beside the ensemble's own metrics."""
+    prefix = "test" if "test_crps" in members[0] else "val"
+    print(f"ensemble      {len(members)} members, one mixture of their PDFs ({prefix} split):")
+    rows = [(f"member {i} (seed {r['seed']}, best epoch {r['best_epoch']} of {r['epochs_run']})", r)
+            for i, r in enumerate(members)]
+    for label, r in [*rows, ("ensemble", m)]:
+        print(f"  {label:<42} sigma_NMAD {r[f'{prefix}_sigma_nmad']:.4f}  f_out {100 * r[f'{prefix}_f_out']:.2f} %  "
+              f"CRPS {r[f'{prefix}_crps']:.4f}  PIT KS {r[f'{prefix}_pit_ks']:.3f}")
 
 
 if __name__ == "__main__":

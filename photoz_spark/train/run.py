@@ -5,7 +5,8 @@ petastorm materialised by the driver, see feeding.py), runs the plain-torch loop
 DDP (gloo on CPU, nccl on GPU) and rank 0 checkpoints every epoch. The driver validates
 everything before starting them, checks afterwards that every rank finished (TorchDistributor's
 local mode ignores child exit codes), evaluates the best weights on the validation and test
-splits, and logs, registers and (if better) promotes the model.
+splits, and logs, registers and (if better) promotes the model. With ``train.ensemble`` > 1 the
+ranks train M members in turn and the model registered is their mixture (train/ensemble.py).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def validate(cfg: dict, layout: dict, stats: dict, counts: dict) -> None:
     require(cfg["backend"] in ("arrow", "petastorm"), f"train.backend must be arrow or petastorm, got {cfg['backend']!r}")
     require(cfg["use_gpu"] in ("auto", True, False), f"train.use_gpu must be auto, true or false, got {cfg['use_gpu']!r}")
     require(cfg["autocast"] in ("none", "bf16", "fp16"), f"train.autocast must be none, bf16 or fp16, got {cfg['autocast']!r}")
-    for key in ("num_processes", "max_epochs", "batch_size", "patience", "lr_step_epochs"):
+    for key in ("num_processes", "max_epochs", "batch_size", "patience", "lr_step_epochs", "ensemble"):
         require(cfg[key] >= 1, f"train.{key} must be >= 1, got {cfg[key]}")
     require(cfg["lr"] > 0, "train.lr must be > 0")
     for key in ("weight_decay", "warmup_epochs", "grad_clip"):
@@ -298,10 +299,11 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
     import torch
 
     from photoz_spark.metrics.figures import zphot_figure
-    from photoz_spark.model import BiLSTMMDN
     from photoz_spark.model.calibration import PitCalibration
+    from photoz_spark.model.ensemble import build_network
     from photoz_spark.registry import tracking as reg
     from photoz_spark.registry.artifact import PhotozModel, save_model_files
+    from photoz_spark.train.ensemble import clear_members, has_progress, train_members
     from photoz_spark.train.feeding import ArrowFeed, PetastormFeed, import_petastorm
 
     t0 = time.time()
@@ -327,13 +329,14 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
     out_dir = Path(workdir.root) / "train" / model_name
     out_dir.mkdir(parents=True, exist_ok=True)
     run_file = out_dir / "run.json"
-    resumed = cfg["resume"] and run_file.is_file() and (out_dir / "checkpoint.pt").is_file()
+    resumed = cfg["resume"] and run_file.is_file() and has_progress(out_dir, cfg["ensemble"])
     mcfg = model_config(config["model"], feed.layout)
     # A checkpoint of other settings (recipe, network, band set, features) is refused, never continued.
     check_resume(out_dir, fingerprint(cfg, mcfg, feed.layout, feed.stats, counts), resumed)
     if not resumed:
         for old in ("checkpoint.pt", "history.jsonl", "best.pt"):
             (out_dir / old).unlink(missing_ok=True)
+        clear_members(out_dir)
     run_id = json.loads(run_file.read_text())["run_id"] if resumed else None
     with reg.start_run(run_id, experiment_id) as run:
         run_file.write_text(json.dumps({"run_id": run.info.run_id}))
@@ -345,14 +348,15 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
                      if cfg["backend"] == "petastorm" else None)  # None: the ranks read with ArrowFeed
         t_train = time.time()
         try:
-            dist = run_distributed(spark, features_dir, out_dir, cfg, mcfg, rank_feed,
-                                   {"uri": uri, "run_id": run.info.run_id})
+            # train.ensemble > 1: M members in turn, combined into one network in best.pt (train/ensemble.py)
+            dist = (train_members if cfg["ensemble"] > 1 else run_distributed)(
+                spark, features_dir, out_dir, cfg, mcfg, rank_feed, {"uri": uri, "run_id": run.info.run_id})
         finally:
             if rank_feed is not None:
                 rank_feed.delete()
         t_train = time.time() - t_train
         history = [json.loads(line) for line in (out_dir / "history.jsonl").read_text().splitlines()]
-        model = BiLSTMMDN(ModelConfig(**mcfg))
+        model = build_network(ModelConfig(**mcfg), cfg["ensemble"])
         model.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True))
         metrics, plots = {}, {}
         calibration = None
@@ -377,7 +381,8 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
                          {"model_config": mcfg, "layout": feed.layout, "stats": feed.stats, "metrics": metrics,
                           "trained": {"epochs_run": dist["epochs_run"], "best_epoch": dist["best_epoch"],
                                       "stopped_early": dist["stopped_early"], "max_epochs": cfg["max_epochs"]},
-                          **({"calibration": calibration.to_dict()} if calibration else {})}, registry)
+                          **({"calibration": calibration.to_dict()} if calibration else {}),
+                          **({"ensemble": cfg["ensemble"]} if cfg["ensemble"] > 1 else {})}, registry)
         sample = _signature_sample(registry, feed.layout)
         prediction = PhotozModel(model_dir, registry).predict_table(pa.Table.from_pandas(sample, preserve_index=False))
         model_uri = reg.log_model(model_dir, sample, prediction)

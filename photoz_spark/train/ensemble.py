@@ -1,0 +1,159 @@
+"""Deep ensembles in training: M members trained one after another, combined into one model.
+
+With ``train.ensemble: M`` > 1 (conf/train.yaml), member i trains with seed ``train.seed + i``
+(its initial weights and its batch order) in ``member-<i>/`` of the model's run folder, each
+through the same distributed path as a single model (``run.run_distributed``: TorchDistributor
+ranks, a checkpoint every epoch). A member that finished leaves ``result.json``: a rerun after
+a kill skips it and resumes the member that was training from its checkpoint.
+
+The members' best weights then form one ``model.ensemble.EnsembleMDN`` whose state dict is
+written to the run folder's ``best.pt`` (with every member's epochs in ``history.jsonl``), so
+``run.train_and_register`` evaluates, logs and registers it exactly as a single network. Each
+member is also evaluated on its own here, so the ensemble's gain is on record (MLflow metrics
+``member<i>_<split>_<metric>``, and the job's summary).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+MEMBER_RESULT = "result.json"
+MEMBER_METRICS = ("sigma_nmad", "f_out", "crps", "pit_ks")
+
+
+def member_dir(out_dir: Path, index: int) -> Path:
+    return Path(out_dir) / f"member-{index}"
+
+
+def has_progress(out_dir: Path, members: int) -> bool:
+    """Whether an interrupted run left something to resume: the single network's checkpoint, or
+    (ensemble) a finished or checkpointed member."""
+    out_dir = Path(out_dir)
+    if members == 1:
+        return (out_dir / "checkpoint.pt").is_file()
+    return any((member_dir(out_dir, i) / name).is_file()
+               for i in range(members) for name in ("checkpoint.pt", MEMBER_RESULT))
+
+
+def clear_members(out_dir: Path) -> None:
+    """A fresh (not resumed) run starts every member from scratch."""
+    for folder in Path(out_dir).glob("member-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def member_metrics(model, splits: dict) -> dict:
+    """sigma_NMAD, f_out, mean CRPS and PIT KS of one network on each split of ``splits``
+    ({"val": FeatureData, "test": ...}), keyed ``<split>_<metric>`` as training logs them."""
+    from photoz_spark.train.run import calibration_metrics, evaluate_split
+
+    out = {}
+    for prefix, data in splits.items():
+        metrics, arrays = evaluate_split(model, data)
+        metrics["pit_ks"] = calibration_metrics(arrays, prefix)[f"{prefix}_pit_ks"]
+        out.update({f"{prefix}_{k}": float(metrics[k]) for k in MEMBER_METRICS})
+    return out
+
+
+def _load_member(folder: Path, mcfg: dict):
+    import torch
+
+    from photoz_spark.model import BiLSTMMDN, ModelConfig
+
+    network = BiLSTMMDN(ModelConfig(**mcfg))
+    network.load_state_dict(torch.load(folder / "best.pt", weights_only=True))
+    return network
+
+
+def _log_member_history(tracking: dict | None, index: int, folder: Path) -> None:
+    """Member i's per-epoch NLLs as ``member<i>_train_nll`` / ``member<i>_val_nll`` (its ranks log nothing:
+    the members' epochs would interleave under one name)."""
+    if not tracking:
+        return
+    from photoz_spark.registry.tracking import epoch_logger
+
+    log = epoch_logger(tracking["uri"], tracking["run_id"])
+    for line in (folder / "history.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        log(f"member{index}_train_nll", record["train_loss"], step=record["epoch"])
+        log(f"member{index}_val_nll", record["val_loss"], step=record["epoch"])
+
+
+def train_member(spark, features_dir: Path, out_dir: Path, cfg: dict, mcfg: dict, index: int, feed=None,
+                 tracking: dict | None = None) -> dict:
+    """Train member ``index`` (seed ``train.seed + index``) unless it finished already.
+
+    Returns:
+        Its ``run_distributed`` result plus ``seed`` (read back from ``result.json`` when skipped).
+    """
+    from photoz_spark.train.run import run_distributed
+
+    folder = member_dir(out_dir, index)
+    done = folder / MEMBER_RESULT
+    if cfg["resume"] and done.is_file() and (folder / "best.pt").is_file():
+        print(f"ensemble member {index}: finished in an earlier run, kept", flush=True)
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg["seed"]) + index
+    print(f"ensemble member {index} of {cfg['ensemble']}: seed {seed}", flush=True)
+    result = {**run_distributed(spark, features_dir, folder, {**cfg, "seed": seed}, mcfg, feed), "seed": seed}
+    _log_member_history(tracking, index, folder)
+    done.write_text(json.dumps(result))  # last: a kill before this retrains (resumes) the member
+    return result
+
+
+def combined_result(results: list[dict]) -> dict:
+    """The ensemble's training record in a single model's shape: the longest member's epochs, early
+    stopped only if every member was; each member's record under ``members``."""
+    return {**{k: results[-1][k] for k in ("use_gpu", "local_mode", "num_processes")},
+            "best_epoch": max(r["best_epoch"] for r in results),
+            "epochs_run": max(r["epochs_run"] for r in results),
+            "stopped_early": all(r["stopped_early"] for r in results),
+            "best_val_loss": float(np.mean([r["best_val_loss"] for r in results])),
+            "members": results}
+
+
+def train_members(spark, features_dir: Path, out_dir: Path, cfg: dict, mcfg: dict, feed=None,
+                  tracking: dict | None = None) -> dict:
+    """Train the ``train.ensemble`` members, evaluate each, and leave the ensemble in ``out_dir``.
+
+    Args:
+        spark: the session (TorchDistributor).
+        features_dir: the features catalog.
+        out_dir: the model's run folder: members train in ``member-<i>/``; the ensemble's state dict
+            goes to ``best.pt`` and every member's epochs (tagged ``member``) to ``history.jsonl``.
+        cfg: resolved ``train`` settings (``ensemble`` = M > 1).
+        mcfg: the members' ModelConfig fields.
+        feed: see ``run.train_rank``.
+        tracking: {"uri", "run_id"} of the MLflow run, for the members' per-epoch NLLs.
+
+    Returns:
+        ``combined_result`` of the members, each with its validation and test metrics
+        (``val_crps``, ``test_crps``, ...; also logged as ``member<i>_<metric>``).
+    """
+    import torch
+
+    from photoz_spark.model.ensemble import EnsembleMDN
+    from photoz_spark.registry import tracking as reg
+    from photoz_spark.train.feeding import ArrowFeed
+
+    out_dir = Path(out_dir)
+    results = [train_member(spark, features_dir, out_dir, cfg, mcfg, i, feed, tracking)
+               for i in range(cfg["ensemble"])]
+    networks = [_load_member(member_dir(out_dir, i), mcfg) for i in range(cfg["ensemble"])]
+    arrow = ArrowFeed(features_dir)
+    splits = {prefix: arrow.load(split) for prefix, split in (("val", "validation"), ("test", "test"))
+              if arrow.count(split)}
+    history = []
+    for i, (network, result) in enumerate(zip(networks, results, strict=True)):
+        result.update(member_metrics(network, splits))
+        if tracking:
+            reg.log_metrics({f"member{i}_{k}": v for k, v in result.items() if k.startswith(("val_", "test_"))})
+        lines = (member_dir(out_dir, i) / "history.jsonl").read_text().splitlines()
+        history += [{**json.loads(line), "member": i} for line in lines]
+    torch.save(EnsembleMDN.from_members(networks).state_dict(), out_dir / "best.pt")
+    (out_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    return combined_result(results)
