@@ -102,7 +102,7 @@ class EpochClock(io.TextIOBase):
 def features_catalog(rows: int, directory: Path, seed: int = 1) -> dict:
     """A toy all14 features catalog at ``directory``, made with build_features' own functions."""
     config = load_config("features.yaml", overrides=[f"features.band_set={BAND_SET}"])
-    spec = feature_spec(config["features"], load_bands())
+    spec = feature_spec(config["features"], load_bands(), {"photoz_catalog": "dr16q"})  # the toy is DR16Q-like
     table = toy_matched_table(rows, seed)
     schema = output_schema(spec, table.schema)
     featured = pa.Table.from_batches([feature_batch(b, spec, schema) for b in table.to_batches()], schema=schema)

@@ -34,13 +34,16 @@ class Band:
 
 @dataclass(frozen=True)
 class Catalog:
-    """A native catalog: its key column and coordinate columns."""
+    """A native catalog: its key column, coordinate columns and, for a spectroscopic one, its
+    redshift and redshift-warning columns ("" where it has none)."""
 
     name: str
     id: str
     ra: str
     dec: str
     description: str = ""
+    z: str = ""
+    zwarning: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,45 @@ class BandCatalog:
         if catalog not in self.catalogs:
             raise InputError(f"unknown catalog {catalog!r}; known catalogs: {', '.join(self.catalogs)}")
         return [b for b in self.bands.values() if b.catalog == catalog]
+
+    def resolve_catalog(self, name: str, properties: dict | None = None) -> Catalog:
+        """The ``catalogs:`` entry whose columns a catalog on disk has, whatever name it was written under.
+
+        ``jobs/ingest_catalog.py`` records the survey map's catalog as ``photoz_catalog`` in the
+        catalog's properties (and the crossmatch in its output's), so ``--name lsst_field2`` is
+        still an ``lsst`` catalog. Without that property, the name itself, then the catalog's
+        ``obs_collection``, must be a key of ``catalogs:``.
+
+        Args:
+            name: the catalog's folder name (``catalogs/<name>``).
+            properties: its HATS ``properties`` (None or {} when there are none).
+        Returns:
+            The Catalog (id/ra/dec/z/zwarning column names), with ``name`` the entry's key.
+        Raises:
+            InputError: none of them names a known catalog.
+        """
+        properties = properties or {}
+        for candidate in (properties.get("photoz_catalog"), name, properties.get("obs_collection")):
+            if candidate in self.catalogs:
+                return self.catalogs[candidate]
+        raise InputError(f"catalog {name!r} is not under 'catalogs' of the bands file and records no known "
+                         f"photoz_catalog in its properties (write it with jobs/ingest_catalog.py); "
+                         f"known catalogs: {', '.join(self.catalogs)}")
+
+    def bands_of(self, name: str, properties: dict | None = None) -> list[Band]:
+        """The bands a catalog on disk holds, in sequence order.
+
+        Those its properties record (``photoz_bands``, written by the ingest: the survey map's
+        bands or ``ingest.bands``), else every band of its ``resolve_catalog`` entry.
+
+        Raises:
+            InputError: as ``resolve_catalog``.
+        """
+        catalog = self.resolve_catalog(name, properties)
+        recorded = str((properties or {}).get("photoz_bands", "")).split()
+        if recorded:  # the columns written, even of a band bands.yaml keeps elsewhere (DR16Q's SDSS PSF fluxes)
+            return [b for b in self.bands.values() if b.name in recorded]
+        return self.catalog_bands(catalog.name)
 
     def extinction_column(self, band: str) -> tuple[str, str] | None:
         """(column, kind) of a band's Milky Way correction in its native catalog, or None.

@@ -74,7 +74,7 @@ def config_option(parser: argparse.ArgumentParser, flag: str, key: str, help: st
 
 def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     """Parse arguments into (args, config, workdir); a bad config exits with one line."""
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value before and after options alike
     overrides = list(args.overrides)
     if args.workdir:
         overrides.append(f"workdir={args.workdir}")

@@ -53,9 +53,26 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}")
 
 
-def merge(base: dict, overlay: dict, prefix: str = "") -> dict:
-    """Overlay ``overlay`` onto a copy of ``base``, refusing keys that ``base`` lacks."""
+def free_maps(config: dict, prefix: str = "") -> frozenset[str]:
+    """The dotted keys whose default is an empty mapping (``ingest.columns: {}``): they take any keys."""
+    found: set[str] = set()
+    for key, value in config.items():
+        if isinstance(value, dict):
+            found |= {f"{prefix}{key}"} if not value else free_maps(value, f"{prefix}{key}.")
+    return frozenset(found)
+
+
+def merge(base: dict, overlay: dict, prefix: str = "", free: frozenset[str] = frozenset()) -> dict:
+    """Overlay ``overlay`` onto a copy of ``base``, refusing keys that ``base`` lacks.
+
+    A mapping named in ``free`` (``free_maps`` of the defaults) takes any keys, and values as given.
+    """
     out = copy.deepcopy(base)
+    if prefix.rstrip(".") in free:
+        if not isinstance(overlay, dict):
+            raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping, got {overlay!r}")
+        out.update(copy.deepcopy(overlay))
+        return out
     for key, value in overlay.items():
         dotted = f"{prefix}{key}"
         if key not in out:
@@ -64,7 +81,7 @@ def merge(base: dict, overlay: dict, prefix: str = "") -> dict:
         if isinstance(out[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted}: expected a mapping, got {value!r}")
-            out[key] = merge(out[key], value, prefix=f"{dotted}.")
+            out[key] = merge(out[key], value, prefix=f"{dotted}.", free=free)
         else:
             out[key] = _coerce(dotted, value, out[key])
     return out
@@ -112,10 +129,11 @@ def load_config(job_defaults: str | None = None, conf_file: str | None = None,
     config = read_yaml(CONF_DIR / "pipeline.yaml")
     if job_defaults:
         config = overlay_defaults(config, read_yaml(CONF_DIR / job_defaults))
+    free = free_maps(config)
     if conf_file:
-        config = merge(config, read_yaml(conf_file))
+        config = merge(config, read_yaml(conf_file), free=free)
     for text in overrides:
-        config = merge(config, parse_override(text))
+        config = merge(config, parse_override(text), free=free)
     return config
 
 

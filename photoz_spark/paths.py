@@ -31,8 +31,8 @@ NAME_KEYS = (
     "crossmatch.run", "crossmatch.left", "crossmatch.right",
     "ingest.name",
     "export.output",
-    "features.matched", "features.band_set",
-    "train.band_set",
+    "features.matched", "features.band_set", "features.output",
+    "train.band_set", "train.features",
     "sim.catalogs",
     "ablation.model_prefix", "ablation.band_sets",
 )

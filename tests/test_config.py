@@ -32,6 +32,15 @@ def test_unknown_top_level_key_refused():
         merge({"workdir": "x", "spark": {}}, {"wrokdir": "y"})
 
 
+def test_an_empty_mapping_default_takes_any_keys():
+    config = load_config("ingest.yaml", overrides=["ingest.columns={id: TARGETID}", "ingest.columns.z=Z_SPEC"])
+    assert config["ingest"]["columns"] == {"id": "TARGETID", "z": "Z_SPEC"}
+    with pytest.raises(ConfigError, match="ingest.columns: expected a mapping"):
+        load_config("ingest.yaml", overrides=["ingest.columns=[id]"])
+    with pytest.raises(ConfigError, match="unknown config key 'ingest.colums'"):  # only that mapping is free
+        load_config("ingest.yaml", overrides=["ingest.colums.z=Z"])
+
+
 def test_int_is_coerced_to_float():
     out = merge({"lr": 0.001}, {"lr": 1})
     assert out["lr"] == 1.0 and isinstance(out["lr"], float)
@@ -161,3 +170,9 @@ def test_auto_settings_take_true_and_false():
     assert merge({"use_gpu": "auto"}, {"use_gpu": True}) == {"use_gpu": True}
     with pytest.raises(ConfigError, match="expected str"):
         merge({"name": "x"}, {"name": True})
+
+
+def test_key_value_overrides_before_and_after_options():
+    parser = job_parser("test", "train.yaml")
+    _, config, workdir = parse_job_args(parser, ["train.features=mine", "--workdir", "/tmp/w", "train.max_epochs=1"])
+    assert config["train"]["features"] == "mine" and config["train"]["max_epochs"] == 1 and str(workdir.root) == "/tmp/w"

@@ -5,6 +5,7 @@ import shutil
 import healpy as hp
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from astropy.coordinates import angular_separation
 from scipy.spatial import cKDTree
@@ -484,3 +485,52 @@ def test_catalog_without_partition_order_refused(tmp_path, capsys):
     err = _refused(["--workdir", str(tmp_path), "crossmatch.right=[sdss]"], capsys)
     assert "catalog 'sdss'" in err and "has no hats_order" in err
     assert not (tmp_path / "matched").exists()
+
+
+# --- catalogs under any name, extinction columns (#19 item 0, #20) --------------------------------
+
+def test_extinction_columns_come_with_their_right_catalog(spark, sky):
+    workdir, _ = sky
+    wanted = ["EBV", "MW_TRANSMISSION_G", "MW_TRANSMISSION_W4", "extinction_u", "extinction_z"]
+    out = hats.read_hats(spark, workdir / "matched" / "dr16q").select(
+        "THING_ID", "sdss_id", "desi_ls_id", *wanted).toPandas()
+    desi = hats.read_hats(spark, workdir / "catalogs" / "desi_ls").select("LS_ID", "EBV", "MW_TRANSMISSION_G",
+                                                                            "MW_TRANSMISSION_W4").toPandas()
+    sdss = hats.read_hats(spark, workdir / "catalogs" / "sdss").select("objID", "extinction_u",
+                                                                         "extinction_z").toPandas()
+    desi_rows = out.dropna(subset=["desi_ls_id"]).merge(desi, left_on="desi_ls_id", right_on="LS_ID",
+                                                        suffixes=("", "_cat"))
+    sdss_rows = out.dropna(subset=["sdss_id"]).merge(sdss, left_on="sdss_id", right_on="objID", suffixes=("", "_cat"))
+    assert len(desi_rows) == out.desi_ls_id.notna().sum() > 300 and len(sdss_rows) == out.sdss_id.notna().sum() > 300
+    for rows, columns in ((desi_rows, wanted[:3]), (sdss_rows, wanted[3:])):
+        for column in columns:  # each matched row carries its counterpart's own value
+            np.testing.assert_array_equal(rows[column].to_numpy(), rows[f"{column}_cat"].to_numpy())
+    assert (desi_rows.EBV > 0).all() and (desi_rows.MW_TRANSMISSION_G < 1).all()
+    assert out[out.desi_ls_id.isna()].EBV.isna().all()  # unmatched: null, as its bands
+    props = hats.read_properties(workdir / "matched" / "dr16q")
+    assert props["photoz_catalog"] == "dr16q" and props["photoz_bands"].split()[:3] == ["galex_fuv", "galex_nuv",
+                                                                                       "sdss_u"]
+
+
+def test_catalogs_under_any_name_match_by_what_they_record(spark, tmp_path):
+    ra, dec = np.array([150.0, 150.01, 150.02]), np.array([30.0, 30.0, 30.0])
+    hats.write_hats_table(pa.table({"id": np.array([7, 8, 9]), "ra": ra, "dec": dec, "z": [1.0, 2.0, 3.0],
+                                    "_healpix_29": hats.healpix29(ra, dec)}),
+                          tmp_path / "catalogs" / "my_specz", order=ORDER, ra_col="ra", dec_col="dec",
+                          catalog_name="my_specz", extra_properties={"photoz_catalog": "specz", "photoz_bands": "none"})
+    _write_right(tmp_path, "sdss", np.array([5, 6]), ra[:2] + 0.2 * ARCSEC, dec[:2])
+    (tmp_path / "catalogs" / "sdss").rename(tmp_path / "catalogs" / "field2")  # obs_collection says sdss: rename it
+    props = tmp_path / "catalogs" / "field2" / "properties"
+    props.write_text(props.read_text().replace("obs_collection=sdss", "obs_collection=field2")
+                     + "photoz_catalog=sdss\nphotoz_bands=sdss_g sdss_r\n")
+    summary = crossmatch_job.main(["--workdir", str(tmp_path), "crossmatch.run=mine", "crossmatch.left=my_specz",
+                                   "crossmatch.right=[field2]"])
+    assert summary["rows_in"] == summary["rows_out"] == 3 and summary["per_catalog"]["field2"]["matched"] == 2
+    out = pq.read_table(tmp_path / "matched" / "mine" / "dataset", partitioning=None).sort_by("id")
+    assert out.column_names == ["id", "ra", "dec", "z", "_healpix_29", "field2_id", "field2_sep_arcsec",
+                                "field2_n_candidates", "psfFlux_g", "psfFluxIvar_g", "psfFlux_r", "psfFluxIvar_r",
+                                "flags"]  # only the bands the catalog records
+    assert out["field2_id"].to_pylist() == [5, 6, None]
+    assert out["psfFlux_r"].to_pylist()[:2] == pytest.approx([5.2, 6.2])  # row 2 of the writer's bands: r
+    matched = hats.read_properties(tmp_path / "matched" / "mine")
+    assert matched["photoz_catalog"] == "specz" and matched["photoz_bands"] == "sdss_g sdss_r"

@@ -87,7 +87,9 @@ def test_lsst_ugrizy_needs_no_code():
     ("lsst_g", -50.0, 20.0, True, 0),                        # negative fluxes are measurements
     ("lsst_g", 50.0, 0.0, False, BAD_ERROR | MISSING),       # sigma 0 is never valid
     ("lsst_g", 50.0, -2.0, False, BAD_ERROR | MISSING),
-    ("lsst_g", np.nan, np.nan, False, BAD_FLUX | BAD_ERROR | MISSING),
+    ("lsst_g", np.nan, np.nan, False, MISSING),              # DP1: NaN flux and error = not measured
+    ("lsst_g", np.nan, None, False, MISSING),
+    ("lsst_g", np.nan, 20.0, False, BAD_FLUX | MISSING),     # a NaN flux with an error is a bad one
 ])
 def test_missing_and_bad_measurements(band, flux, err, is_observed, flags):
     features, observed, got = one_band(band, [flux], [err])

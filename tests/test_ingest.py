@@ -473,3 +473,57 @@ def test_help_names_the_options(capsys):
 
 def test_summary_is_json_serialisable(paper):
     json.dumps(paper["ingest"][0])
+
+
+# --- own data: a plain spec-z table, any --name, non-detections (#19 item 0) -------------------
+
+def test_dp1_nan_flux_without_error_is_null_not_a_bad_measurement():
+    nan = np.nan
+    table = pa.table({"objectId": [1, 2, 3], "coord_ra": [10.0, 10.1, 10.2], "coord_dec": [-5.0, -5.1, -5.2],
+                      **{f"{b}_psfFlux": [100.0, nan, nan] for b in "ugrizy"},
+                      **{f"{b}_psfFluxErr": [10.0, nan, 10.0] for b in "ugrizy"}})
+    out, _ = _transform("lsst_dp1", table)
+    assert out.column("g_psfFlux").to_pylist()[:2] == [100.0, None]          # not measured: null, as unmatched
+    assert out.column("g_psfFluxErr").to_pylist()[:2] == [10.0, None]
+    assert np.isnan(out.column("g_psfFlux")[2].as_py()) and out.column("g_psfFluxErr")[2].as_py() == 10.0
+    from photoz_spark.features.sequencing import sequence
+
+    _, observed, flags = sequence(out, REG.band_set("ugrizy"), REG)
+    assert observed.sum(axis=1).tolist() == [6, 0, 0]
+    assert flags.tolist() == [0, int(Flag.MISSING_BAND), int(Flag.MISSING_BAND | Flag.BAD_FLUX)]
+
+
+def test_specz_map_renames_columns_from_the_command_line(spark, tmp_path):
+    n = 40
+    rng = np.random.default_rng(8)
+    pq.write_table(pa.table({"TARGETID": np.arange(n, dtype=np.int64) + 39_000, "ra": rng.uniform(150, 151, n),
+                             "dec": rng.uniform(2, 3, n), "Z_SPEC": rng.uniform(0.1, 4.0, n),
+                             "ZWARN": np.where(np.arange(n) < 5, 4, 0)}), tmp_path / "specz.parquet")
+    s = run_ingest(tmp_path / "w", "--input", str(tmp_path / "specz.parquet"), "--survey", "specz",
+                   "--name", "my_specz", "ingest.columns={id: TARGETID, z: Z_SPEC}", "ingest.columns.zwarning=ZWARN")
+    assert s["rows_written"] == n and s["columns"] == ["id", "ra", "dec", "z", "zwarning", "flags", "_healpix_29"]
+    out = read_catalog(tmp_path / "w" / "catalogs" / "my_specz").sort_by("id")
+    assert out["id"].to_pylist()[:2] == [39_000, 39_001] and out["zwarning"].to_pylist()[:6] == [4] * 5 + [0]
+    props = hats.read_properties(tmp_path / "w" / "catalogs" / "my_specz")
+    assert props["photoz_catalog"] == "specz" and props["photoz_bands"] == "none"
+    assert props["obs_collection"] == "my_specz"
+    assert REG.resolve_catalog("my_specz", props).z == "z" and REG.bands_of("my_specz", props) == []
+
+
+def test_a_rename_the_map_does_not_read_is_one_line(tmp_path, capsys):
+    pq.write_table(pa.table({"id": [1], "ra": [1.0], "dec": [1.0], "z": [1.0]}), tmp_path / "s.parquet")
+    err = _fails(capsys, tmp_path / "w", "--input", str(tmp_path / "s.parquet"), "--survey", "specz",
+                 "ingest.columns.redshift=Z")
+    assert "ingest.columns: ['redshift'] not read by survey map 'specz', which reads: id, ra, dec, z, zwarning" in err
+
+
+def test_catalog_under_any_name_records_what_it_is(spark, tmp_path):
+    write_fits(tmp_path / "dp1_object.fits", dp1_columns(50))
+    run_ingest(tmp_path / "w", "--input", str(tmp_path / "dp1_object.fits"), "--survey", "lsst_dp1",
+               "--name", "lsst_test", "ingest.bands=[lsst_g,lsst_r,lsst_i]")
+    props = hats.read_properties(tmp_path / "w" / "catalogs" / "lsst_test")
+    assert props["photoz_catalog"] == "lsst" and props["photoz_bands"] == "lsst_g lsst_r lsst_i"
+    assert REG.resolve_catalog("lsst_test", props).id == "objectId"
+    assert [b.name for b in REG.bands_of("lsst_test", props)] == ["lsst_g", "lsst_r", "lsst_i"]
+    with pytest.raises(ValueError, match="catalog 'lsst_test' is not under 'catalogs'"):
+        REG.resolve_catalog("lsst_test", {"obs_collection": "lsst_test"})

@@ -60,7 +60,11 @@ class CrossmatchPlan:
     def properties(self) -> dict:
         """Provenance for the output's ``properties`` file (``photoz_crossmatch_*`` keys)."""
         props = {"left": self.left.name, "right": [c.name for c in self.right], **self.algorithm.properties()}
-        return {f"photoz_crossmatch_{key}": value for key, value in props.items()}
+        # The rows carry the left catalog's id/ra/dec (and z) columns and every band below: later
+        # jobs find them by these, whatever the catalogs were named (BandCatalog.resolve_catalog).
+        bands = [b for c in (self.left, *self.right) for b in c.bands]
+        return {"photoz_catalog": self.left.kind, "photoz_bands": bands or "none",
+                **{f"photoz_crossmatch_{key}": value for key, value in props.items()}}
 
 
 def match_columns(name: str, k: int) -> dict[str, str]:
@@ -84,23 +88,29 @@ def make_algorithm(xm: dict) -> CrossmatchAlgorithm:
     return algorithm
 
 
-def validate(xm: dict, registry: Registry) -> CrossmatchAlgorithm:
-    """Refuse settings that cannot work, before touching any file.
+def validate(xm: dict, registry: Registry, workdir=None) -> CrossmatchAlgorithm:
+    """Refuse settings that cannot work, before reading any catalog.
 
     Args:
         xm: the ``crossmatch`` section of the configuration (conf/crossmatch.yaml).
         registry: the bands file's contents.
+        workdir: a ``cli.Workdir``: a catalog is known if it is under ``catalogs:`` of the bands
+            file or ``catalogs/<name>`` exists there (an ingested catalog, under any name).
 
     Returns:
         The validated algorithm.
     """
-    allowed = ", ".join(registry.catalogs)
+    def known(name) -> bool:
+        return name in registry.catalogs or (
+            workdir is not None and (Path(workdir.catalog(str(name))) / hats.PROPERTIES_FILE).is_file())
+
+    allowed = ", ".join(registry.catalogs) + " or a catalog ingested under catalogs/"
     require(bool(_RUN_NAME.fullmatch(str(xm["run"]))),
             f"crossmatch.run must be a folder name (letters, digits, _ . -), got {xm['run']!r}")
-    require(xm["left"] in registry.catalogs, f"crossmatch.left: unknown catalog {xm['left']!r}; allowed: {allowed}")
+    require(known(xm["left"]), f"crossmatch.left: unknown catalog {xm['left']!r}; allowed: {allowed}")
     right = xm["right"]
     require(isinstance(right, list) and len(right) > 0, f"crossmatch.right must list at least one catalog of: {allowed}")
-    unknown = [c for c in right if c not in registry.catalogs]
+    unknown = [c for c in right if not known(c)]
     require(not unknown, f"crossmatch.right: unknown catalog(s) {unknown}; allowed: {allowed}")
     require(len(set(right)) == len(right), f"crossmatch.right lists a catalog twice: {right}")
     require(xm["left"] not in right, f"crossmatch.right must not include the left catalog {xm['left']!r}")
@@ -126,7 +136,7 @@ def make_plan(xm: dict, registry: Registry, workdir) -> CrossmatchPlan:
         ConfigError: a bad setting.
         CatalogError: a missing catalog, column, wrong type or an output name collision.
     """
-    algorithm = validate(xm, registry)
+    algorithm = validate(xm, registry, workdir)
     left = open_catalog(xm["left"], workdir.catalog(xm["left"]), registry, with_bands=False)
     right = tuple(open_catalog(c, workdir.catalog(c), registry, with_bands=True) for c in xm["right"])
     for catalog in (left, *right):  # the tasks follow the partitions: their order must be known
@@ -154,7 +164,7 @@ def output_columns(left: InputCatalog, right: tuple[InputCatalog, ...], k: int) 
                                f"{RESERVED_PREFIX!r} is reserved for the crossmatch; rename them")
     columns = list(left.columns)
     for catalog in right:
-        for column in [*match_columns(catalog.name, k).values(), *catalog.band_columns]:
+        for column in [*match_columns(catalog.name, k).values(), *catalog.band_columns, *catalog.carried]:
             if column in owner:
                 raise CatalogError(f"output column {column!r} from right catalog {catalog.name!r} would collide "
                                    f"with {owner[column]}; rename one of them")
@@ -223,7 +233,8 @@ class RightSide:
 
     @property
     def columns(self) -> list[str]:
-        return [self.catalog.id, self.catalog.ra, self.catalog.dec, hats.HEALPIX_COLUMN, *self.catalog.band_columns]
+        return [self.catalog.id, self.catalog.ra, self.catalog.dec, hats.HEALPIX_COLUMN, *self.catalog.band_columns,
+                *self.catalog.carried]
 
 
 def output_schema(plan: CrossmatchPlan) -> pa.Schema:
@@ -234,7 +245,7 @@ def output_schema(plan: CrossmatchPlan) -> pa.Schema:
         names = match_columns(catalog.name, plan.algorithm.k)
         types.update({names["id"]: catalog.schema.field(catalog.id).type, names["sep"]: pa.float64(),
                       names["n"]: pa.int32(), **({names["rank"]: pa.int32()} if "rank" in names else {})})
-        types.update({c: catalog.schema.field(c).type for c in catalog.band_columns})
+        types.update({c: catalog.schema.field(c).type for c in (*catalog.band_columns, *catalog.carried)})
     return pa.schema([(c, types[c]) for c in plan.columns])
 
 
@@ -350,7 +361,7 @@ def _read_right(side: RightSide, lo: np.ndarray, hi: np.ndarray, algorithm: Cros
     # Ties in separation go to the lower id: integer ids order themselves, strings by their rank.
     id_order = (pc.fill_null(ids, 0).to_numpy() if pa.types.is_integer(ids.type)
                 else pc.rank(ids, sort_keys="ascending", tiebreaker="dense").to_numpy())
-    carried = {c: table.column(c).combine_chunks() for c in [catalog.id, *catalog.band_columns]}
+    carried = {c: table.column(c).combine_chunks() for c in [catalog.id, *catalog.band_columns, *catalog.carried]}
     return _RightRows(carried, xyz, id_order, algorithm.prepare(xyz), decoded)
 
 
@@ -397,8 +408,8 @@ def _match_batch(plan: CrossmatchPlan, batch: pa.RecordBatch, sides: list[_Right
             rank = np.zeros(len(row_of), dtype=np.int32)
             rank[slot] = m.rank
             columns[names["rank"]] = pa.array(rank, mask=~hit)
-        for band in catalog.band_columns:
-            columns[band] = side.columns[band].take(take)
+        for column in (*catalog.band_columns, *catalog.carried):  # bands, then their extinction
+            columns[column] = side.columns[column].take(take)
         no_match |= counts == 0
         ambiguous |= counts > 1
         stats[f"{catalog.name}.matched"] = stats.get(f"{catalog.name}.matched", 0) + int(np.count_nonzero(counts))

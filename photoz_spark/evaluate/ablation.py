@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from photoz_spark import hats
 from photoz_spark.config import load_config, require, resolve_recipe
 from photoz_spark.errors import InputError
 from photoz_spark.evaluate import report
@@ -84,13 +85,17 @@ def common_overrides(config: dict, job: str) -> list[str]:
 def features_up_to_date(features_dir: Path, overrides: list[str], registry) -> bool:
     """Whether features_dir's layout.json is what building with ``overrides`` would write."""
     from photoz_spark.features.build import layout
-    from photoz_spark.features.run import feature_spec
+    from photoz_spark.features.run import feature_spec, input_schema
 
     path = features_dir / LAYOUT_FILE
     if not path.is_file():
         return False
     cfg = load_config("features.yaml", overrides=overrides)["features"]
-    expected = json.loads(json.dumps(layout(feature_spec(cfg, registry), cfg["matched"])))
+    matched = features_dir.parent.parent / "matched" / cfg["matched"]  # for settings left auto
+    if not (matched / hats.PROPERTIES_FILE).is_file():
+        return False
+    spec = feature_spec(cfg, registry, hats.read_properties(matched), input_schema(matched))
+    expected = json.loads(json.dumps(layout(spec, cfg["matched"])))
     return json.loads(path.read_text()) == expected
 
 

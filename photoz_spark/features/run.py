@@ -40,17 +40,26 @@ from photoz_spark.staging import job_staging
 PROPERTY_PREFIX = "photoz_"
 
 
-def feature_spec(cfg: dict, registry: BandCatalog) -> FeatureSpec:
+AUTO = "auto"
+
+
+def feature_spec(cfg: dict, registry: BandCatalog, properties: dict | None = None,
+                 schema: pa.Schema | None = None) -> FeatureSpec:
     """The ``features`` settings as a FeatureSpec, refusing values out of range.
+
+    Args:
+        cfg: the ``features`` section of the configuration.
+        registry: bands (conf/bands.yaml).
+        properties: the matched catalog's HATS properties, for settings left ``auto``
+            (``auto_columns``).
+        schema: the matched catalog's schema: an ``auto`` warning column it lacks is none.
 
     Raises:
         ValueError: an unknown band set (the message lists the known ones) or catalog, or a
             bad split or redshift limit (ConfigError is a ValueError).
     """
     band_set = registry.band_set(cfg["band_set"])
-    require(cfg["left_catalog"] in registry.catalogs,
-            f"features.left_catalog: unknown catalog {cfg['left_catalog']!r}; known: {', '.join(registry.catalogs)}")
-    left = registry.catalogs[cfg["left_catalog"]]
+    left, cfg = auto_columns(cfg, registry, properties or {}, schema)
     split = cfg["split"]
     fractions = check_fractions([split[name] for name in SPLITS])
     require(cfg["z_max"] > 0, f"features.z_max must be > 0, got {cfg['z_max']}")
@@ -63,6 +72,38 @@ def feature_spec(cfg: dict, registry: BandCatalog) -> FeatureSpec:
         require_zwarning_zero=cfg["require_zwarning_zero"], require_complete=cfg["require_complete"],
         fractions=fractions, seed=split["seed"], deredden=bool(cfg.get("deredden", False)),
     )
+
+
+def auto_columns(cfg: dict, registry: BandCatalog, properties: dict,
+                 schema: pa.Schema | None) -> tuple:
+    """The left catalog and the redshift columns, with ``auto`` settings taken from the matched catalog.
+
+    ``features.left_catalog=auto``: the catalog the crossmatch recorded (``photoz_catalog``, else
+    ``photoz_crossmatch_left``, else the catalog's own name), through
+    ``BandCatalog.resolve_catalog``; ``z_column``/``zwarning_column=auto``: that catalog's ``z``
+    and ``zwarning`` of the bands file (no warning column if the matched catalog has none).
+
+    Returns:
+        (the left Catalog, cfg with those settings resolved).
+    """
+    if cfg["left_catalog"] == AUTO:
+        name = properties.get("photoz_crossmatch_left") or properties.get("obs_collection") or ""
+        try:
+            left = registry.resolve_catalog(name, properties)
+        except InputError as err:
+            raise InputError(f"features.left_catalog=auto: {err}; set features.left_catalog") from None
+    else:
+        require(cfg["left_catalog"] in registry.catalogs, f"features.left_catalog: unknown catalog "
+                f"{cfg['left_catalog']!r}; known: {', '.join(registry.catalogs)} (or auto)")
+        left = registry.catalogs[cfg["left_catalog"]]
+    cfg = dict(cfg)
+    if cfg["z_column"] == AUTO:
+        require(bool(left.z), f"features.z_column=auto: catalog {left.name!r} has no z column in the bands file; "
+                              "set features.z_column")
+        cfg["z_column"] = left.z
+    if cfg["zwarning_column"] == AUTO:
+        cfg["zwarning_column"] = left.zwarning if schema is None or left.zwarning in schema.names else ""
+    return left, cfg
 
 
 def input_schema(matched: Path) -> pa.Schema:
@@ -114,16 +155,22 @@ def validate(cfg: dict, registry: BandCatalog, workdir) -> tuple[FeatureSpec, Pa
     Raises:
         ValueError: with a one-line message naming what is wrong.
     """
-    spec = feature_spec(cfg, registry)
     matched = workdir.matched / cfg["matched"]
     if not (matched / hats.PROPERTIES_FILE).is_file():
         raise InputError(f"matched catalog not found: {matched} (run jobs/crossmatch.py, or set features.matched)")
-    check_input(input_schema(matched), spec, matched)
+    schema = input_schema(matched)
+    spec = feature_spec(cfg, registry, hats.read_properties(matched), schema)
+    check_input(schema, spec, matched)
     # a truncated or retyped pixel file: one line naming it, before Spark; no rows: no features, no statistics
     if hats.check_data_files(matched) == 0:
         raise InputError(f"matched catalog {matched} has no rows: no features (nor their standardisation) can be "
                          "built from it; crossmatch a catalog with rows first")
     return spec, matched
+
+
+def output_name(cfg: dict) -> str:
+    """The features' folder name: ``features.output``, default the band set's name."""
+    return cfg.get("output") or cfg["band_set"]
 
 
 def properties(lay: dict, prefix: str = PROPERTY_PREFIX) -> dict:
@@ -160,7 +207,7 @@ def _summary(featured, spec: FeatureSpec, schema: pa.Schema) -> dict:
 
 
 def build_features(spark, cfg: dict, registry: BandCatalog, workdir) -> dict:
-    """Build ``features/<band_set>/`` from ``matched/<cfg.matched>/``.
+    """Build ``features/<features.output>/`` (default ``<band_set>``) from ``matched/<cfg.matched>/``.
 
     Args:
         spark: the SparkSession.
@@ -190,12 +237,13 @@ def build_features(spark, cfg: dict, registry: BandCatalog, workdir) -> dict:
                  "n_rows": summary["splits"]["train"]}
         lay = layout(spec, cfg["matched"])
         t_features = time.time() - t0
-        target = workdir.features / spec.band_set.name
+        name = output_name(cfg)
+        target = workdir.features / name
         with job_staging(workdir.root, "features") as stage:
-            staged = stage.output(spec.band_set.name, target)
+            staged = stage.output(name, target)
             written = hats.write_hats(
                 featured, staged, order=int(hats.read_properties(matched)["hats_order"]), ra_col="ra",
-                dec_col="dec", catalog_name=f"features_{spec.band_set.name}", extra_properties=properties(lay))
+                dec_col="dec", catalog_name=f"features_{name}", extra_properties=properties(lay))
             (staged / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
             (staged / LAYOUT_FILE).write_text(json.dumps(lay, indent=1) + "\n")
             stage.commit()

@@ -7,9 +7,10 @@ Rule for what counts as a measurement, band by band:
 
 * no measurement (``observed`` False, no flag beyond MISSING_BAND): the flux is null (an
   unmatched row), or the error is an inverse variance of exactly 0 (DR16Q stores a GALEX
-  non-detection as flux 0, ivar 0: "no information", whatever the flux says);
-* bad measurement (``observed`` False): a non-finite flux -> BAD_FLUX; a null, NaN, infinite
-  or negative ivar, or a null, NaN, infinite, zero or negative sigma -> BAD_ERROR;
+  non-detection as flux 0, ivar 0: "no information", whatever the flux says), or the flux is
+  NaN with a NaN or null error (the Rubin DP1 Object table's "not measured" in a band);
+* bad measurement (``observed`` False): a non-finite flux with an error -> BAD_FLUX; a null, NaN,
+  infinite or negative ivar, or a null, NaN, infinite, zero or negative sigma -> BAD_ERROR;
 * otherwise observed: a finite flux with a positive finite error.
 
 Every row with at least one unobserved band also gets MISSING_BAND.
@@ -90,7 +91,9 @@ def sequence(data: pa.Table | pa.RecordBatch, band_set: BandSet,
     flags = np.zeros(n, dtype=np.int32)
     for t, band in enumerate(band_set.bands):
         flux, flux_null = float_values(_column(data, band.flux))
-        sigma, no_measurement, bad_error = _sigma(*float_values(_column(data, band.err)), band.err_kind)
+        err, err_null = float_values(_column(data, band.err))
+        sigma, no_measurement, bad_error = _sigma(err, err_null, band.err_kind)
+        no_measurement |= np.isnan(flux) & np.isnan(err)  # NaN flux, no error (null reads NaN too)
         measured = ~flux_null & ~no_measurement
         bad_flux = measured & ~np.isfinite(flux)
         bad_error &= measured

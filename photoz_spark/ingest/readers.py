@@ -247,7 +247,8 @@ def make_reader(path: Path, fmt: str, chunk_rows: int, hdu: int = 1) -> CatalogR
 
 
 def find_inputs(spec: str) -> list[Path]:
-    """The files an ``ingest.input`` names: a file, a glob, or a folder (its catalog files, recursively).
+    """The files an ``ingest.input`` names: a file, a glob, or a folder (its catalog files, recursively),
+    as absolute paths (a relative ``--input`` is the current directory's).
 
     Raises:
         IngestError: if nothing matches.
@@ -265,7 +266,7 @@ def find_inputs(spec: str) -> list[Path]:
     if not files:
         raise IngestError(f"ingest.input: no catalog files found for {where} "
                           f"(known extensions: {', '.join(sorted(_EXTENSIONS))}, optionally .gz)")
-    return files
+    return [p.absolute() for p in files]  # the tasks read them: Spark's workers have their own cwd
 
 
 def _known(path: Path) -> bool:

@@ -111,6 +111,7 @@ def make_plan(cfg: dict, registry: Registry, workdir) -> IngestPlan:
     smap = load_survey_map(str(cfg["survey"]), registry)
     if cfg["bands"]:
         smap = smap.with_bands(list(cfg["bands"]))
+    smap = smap.renamed(dict(cfg["columns"] or {}))
     name = str(cfg["name"] or smap.catalog.name)
     require(bool(_NAME.fullmatch(name)), f"ingest.name must be a folder name (letters, digits, _ . -), got {name!r}")
     common = {"name": name, "survey": smap, "registry": registry, "input": str(cfg["input"]),
@@ -299,7 +300,8 @@ def ingest(spark, plan: IngestPlan, workdir) -> dict:
         written = hats.write_hats(
             spark.read.parquet(str(chunks)), stage.output(plan.name, plan.target), order=order,
             ra_col=cat.ra, dec_col=cat.dec, catalog_name=plan.name,
-            extra_properties={"photoz_ingest_survey": plan.survey.name, "photoz_ingest_files": len(plan.readers),
+            extra_properties={**catalog_properties(plan.survey), "photoz_ingest_survey": plan.survey.name,
+                              "photoz_ingest_files": len(plan.readers),
                               "photoz_ingest_bad_coords": stats.bad_coords, "photoz_ingest_dropped": stats.dropped})
         if plan.target.is_symlink():  # an earlier linked catalog: replace the link, not its target
             plan.target.unlink()
@@ -400,6 +402,15 @@ def _float_sources(smap: SurveyMap) -> list[str]:
     """Product columns read as floats: CSV type inference must not guess int from a first block."""
     cols = [c.source.column for c in smap.columns if c.source and c.type == "float"]
     return cols + [r.column for b in smap.bands for r in (b.flux, b.err) if r.index is None]
+
+
+def catalog_properties(smap: SurveyMap) -> dict:
+    """What the catalog is, for every later job (``BandCatalog.resolve_catalog``/``bands_of``).
+
+    ``photoz_catalog``: the bands file's catalog whose id/ra/dec (and z) columns it has, so a
+    catalog written under any ``--name`` is still found; ``photoz_bands``: the bands it holds.
+    """
+    return {"photoz_catalog": smap.catalog.name, "photoz_bands": [b.band.name for b in smap.bands] or "none"}
 
 
 def _link(spark, plan: IngestPlan, t0: float) -> dict:

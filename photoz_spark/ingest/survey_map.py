@@ -17,7 +17,7 @@ pipeline's native catalogs (a ``catalogs:`` entry of ``conf/bands.yaml``):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -141,6 +141,36 @@ class SurveyMap:
             if name not in names:
                 names.append(name)
         return names
+
+    def renamed(self, columns: dict) -> SurveyMap:
+        """The same map reading some product columns under other names (``ingest.columns``).
+
+        Args:
+            columns: {a column the map reads: the name it has in the user's file}, e.g.
+                ``{"z": "Z_SPEC"}``; array elements keep their index (``PSFFLUX[0]`` -> ``NAME[0]``).
+        Returns:
+            The renamed map (output names are unchanged).
+        Raises:
+            IngestError: a key the map does not read, or a value that is not a column name.
+        """
+        if not columns:
+            return self
+        reads = self.source_columns()
+        unknown = [str(k) for k in columns if k not in reads]
+        if unknown:
+            raise IngestError(f"ingest.columns: {unknown} not read by survey map {self.name!r}, which reads: "
+                              f"{', '.join(reads)}")
+        for old, new in columns.items():
+            if not isinstance(new, str) or not _ELEMENT.fullmatch(new) or "[" in new:
+                raise IngestError(f"ingest.columns.{old}: {new!r} is not a column name")
+
+        def ref(r: SourceRef | None) -> SourceRef | None:
+            return None if r is None else SourceRef(columns.get(r.column, r.column), r.index)
+
+        cols = tuple(replace(c, source=ref(c.source), inputs=tuple(columns.get(i, i) for i in c.inputs))
+                     for c in self.columns)
+        bands = tuple(replace(b, flux=ref(b.flux), err=ref(b.err)) for b in self.bands)
+        return replace(self, columns=cols, bands=bands)
 
     def with_bands(self, names: list[str]) -> SurveyMap:
         """The same map restricted to some of its bands (``ingest.bands``)."""

@@ -148,6 +148,11 @@ class ChunkTransformer:
     def _band(self, batch: pa.RecordBatch, spec: BandSpec, where: str) -> tuple[pa.Array, pa.Array]:
         flux, flux_null = self._measurement(batch, spec.flux, where)
         err, err_null = self._measurement(batch, spec.err, where)
+        # A NaN flux without an error (DP1 writes NaN flux and NaN error where a band has no
+        # measurement) is "not measured": nulls, as an unmatched band, so the features flag
+        # MISSING_BAND only. A NaN flux that has an error stays NaN: a bad measurement (BAD_FLUX).
+        unmeasured = np.isnan(flux) & ~flux_null & (np.isnan(err) | err_null)
+        flux_null, err_null = flux_null | unmeasured, err_null | unmeasured
         if self.check_units:
             _check_not_magnitudes(flux[~flux_null], spec, where)
         factor = spec.flux_factor(self.registry)

@@ -1,13 +1,17 @@
 """Turn a matched catalog into the LSTM's input sequences, splits and statistics.
 
-Reads matched/<features.matched>/ (from jobs/crossmatch.py) and writes, under the work directory:
-  features/<band_set>/   HATS catalog, one row per input row: id, ra, dec, z_spec, split
+Reads matched/<features.matched>/ (from jobs/crossmatch.py) and writes, under the work directory,
+features/<NAME>/ (NAME: --output, default the band set's name):
+  features/<NAME>/       HATS catalog, one row per input row: id, ra, dec, z_spec, split
                          (train/validation/test, or excluded), features (raw flux and flux_err
                          per band in uJy, NaN where unobserved), observed, n_observed, flags;
-  features/<band_set>/stats.json   mean and std per band and channel of the training split;
-  features/<band_set>/layout.json  band order, channels, unit, split and selection settings.
+  features/<NAME>/stats.json   mean and std per band and channel of the training split;
+  features/<NAME>/layout.json  band order, channels, unit, split and selection settings.
+The id/ra/dec, redshift and warning columns come from the catalog the crossmatch recorded
+(features.left_catalog/z_column/zwarning_column=auto).
 
 Example: python jobs/build_features.py --band-set optical8 features.split.seed=1
+         python jobs/build_features.py --band-set ugrizy features.matched=my_specz --output dp1_ugrizy
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = job_parser(__doc__, "features.yaml")
     config_option(parser, "--band-set", "features.band_set", metavar="NAME",
                   help="a band set of conf/bands.yaml (sets features.band_set)")
+    config_option(parser, "--output", "features.output", metavar="NAME",
+                  help="write features/<NAME> (sets features.output; default: the band set's name)")
     config_option(parser, "--require-complete", "features.require_complete", switch=True,
                   help="exclude rows missing any band of the band set (sets features.require_complete=true)")
     from photoz_spark.features.run import build_features, validate

@@ -1,11 +1,13 @@
 """Crossmatch a left catalog (default dr16q) with right catalogs (default sdss, desi_ls) by position.
 
-Reads catalogs/<name> (HATS) under the work directory and writes matched/<run> (HATS, the left
-catalog's partitioning): every left row, its nearest counterpart within the radius in each right
-catalog (<name>_id, <name>_sep_arcsec, <name>_n_candidates and that catalog's band columns) and a
+Reads catalogs/<name> (HATS) under the work directory, under any name jobs/ingest_catalog.py gave
+them, and writes matched/<run> (HATS, the left catalog's partitioning): every left row, its nearest
+counterpart within the radius in each right catalog (<name>_id, <name>_sep_arcsec,
+<name>_n_candidates, that catalog's band columns and their Milky Way extinction columns) and a
 flags column (BAD_COORDS, DUPLICATE_ID, NO_MATCH, AMBIGUOUS_MATCH).
 
 Example: python jobs/crossmatch.py --workdir workdir crossmatch.radius_arcsec=1.0 crossmatch.right=[sdss]
+         python jobs/crossmatch.py crossmatch.run=my_specz crossmatch.left=my_specz crossmatch.right=[dp1]
 """
 
 from __future__ import annotations

@@ -78,13 +78,14 @@ def plan(cfg: dict, registry: BandCatalog, workdir, band_set) -> ScorePlan:
     if not (source / hats.PROPERTIES_FILE).is_file():
         raise InputError(f"input catalog not found: {source} (set score.input to catalogs/<name> or matched/<run>)")
     props = hats.read_properties(source)
-    if parts[0] == "catalogs":
-        cat_name = parts[1] if parts[1] in registry.catalogs else props.get("obs_collection", "")
-    else:
-        cat_name = props.get("photoz_crossmatch_left") or cfg["left_catalog"]
-    require(cat_name in registry.catalogs,
-            f"{cfg['input']}: catalog {cat_name!r} is not under 'catalogs' of bands.yaml, so its id column is unknown")
-    cat = registry.catalogs[cat_name]
+    # Whose id/ra/dec columns the rows have: what the ingest (photoz_catalog) or the crossmatch
+    # recorded, so a catalog ingested under any --name scores by name.
+    name = parts[1] if parts[0] == "catalogs" else (props.get("photoz_crossmatch_left") or cfg["left_catalog"])
+    try:
+        cat = registry.resolve_catalog(name, props)
+    except InputError as err:
+        raise InputError(f"{cfg['input']}: {err}, so its id column is unknown") from None
+    cat_name = cat.name
     names = hats.read_schema(source).names
     allowed = [str(b) for b in (cfg["missing_bands"] or [])]
     unknown = [b for b in allowed if b not in band_set.names]

@@ -64,7 +64,8 @@ def validate(cfg: dict, layout: dict, stats: dict, counts: dict) -> None:
     require(cfg["recalibrate"] in (True, False), f"train.recalibrate must be true or false, got {cfg['recalibrate']!r}")
     require(int(cfg["calibration_knots"]) >= 1, "train.calibration_knots must be >= 1")
     require(layout["band_set"] == cfg["band_set"],
-            f"features were built for band set {layout['band_set']!r}, not {cfg['band_set']!r}")
+            f"features were built for band set {layout['band_set']!r}, not {cfg['band_set']!r} "
+            f"(train with --band-set {layout['band_set']})")
     require(len(stats["mean"]) == layout["n_steps"] == len(layout["bands"]),
             "stats.json and layout.json disagree on the number of bands: rebuild the features")
     settings_from(cfg)  # unknown optimizer/schedule -> one-line error
@@ -311,10 +312,11 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
     if cfg["backend"] == "petastorm":
         import_petastorm()  # not installed: a one-line error before anything starts
     registry.band_set(cfg["band_set"])  # unknown band set -> one-line error
-    features_dir = Path(workdir.features) / cfg["band_set"]
+    features_dir = Path(workdir.features) / (cfg.get("features") or cfg["band_set"])  # train.features: "" = band set
     if not (features_dir / LAYOUT_FILE).is_file():
-        raise MissingInput(f"no features at {features_dir}: run jobs/build_features.py --band-set {cfg['band_set']}")
-    hats.check_data_files(features_dir, f"features/{cfg['band_set']}")  # a damaged file: one line naming it
+        raise MissingInput(f"no features at {features_dir}: run jobs/build_features.py --band-set {cfg['band_set']}"
+                           + (f" --output {cfg['features']}" if cfg.get("features") else ""))
+    hats.check_data_files(features_dir, f"features/{features_dir.name}")  # a damaged file: one line naming it
     feed = ArrowFeed(features_dir)
     counts = {s: feed.count(s) for s in ("train", "validation", "test")}
     validate(cfg, feed.layout, feed.stats, counts)
