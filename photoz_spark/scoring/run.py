@@ -80,9 +80,9 @@ def plan(cfg: dict, registry: BandCatalog, workdir, band_set) -> ScorePlan:
     props = hats.read_properties(source)
     # Whose id/ra/dec columns the rows have: what the ingest (photoz_catalog) or the crossmatch
     # recorded, so a catalog ingested under any --name scores by name.
-    name = parts[1] if parts[0] == "catalogs" else (props.get("photoz_crossmatch_left") or cfg["left_catalog"])
+    recorded = parts[1] if parts[0] == "catalogs" else (props.get("photoz_crossmatch_left") or cfg["left_catalog"])
     try:
-        cat = registry.resolve_catalog(name, props)
+        cat = registry.resolve_catalog(recorded, props)
     except InputError as err:
         raise InputError(f"{cfg['input']}: {err}, so its id column is unknown") from None
     cat_name = cat.name
