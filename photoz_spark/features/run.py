@@ -80,7 +80,8 @@ def auto_columns(cfg: dict, registry: BandCatalog, properties: dict,
 
     ``features.left_catalog=auto``: the catalog the crossmatch recorded (``photoz_catalog``, else
     ``photoz_crossmatch_left``, else the catalog's own name), through
-    ``BandCatalog.resolve_catalog``; ``z_column``/``zwarning_column=auto``: that catalog's ``z``
+    ``BandCatalog.resolve_catalog``; for a table without that record, the one catalog of the
+    bands file whose id/ra/dec/z columns it has; ``z_column``/``zwarning_column=auto``: that catalog's ``z``
     and ``zwarning`` of the bands file (no warning column if the matched catalog has none).
 
     Returns:
@@ -91,7 +92,12 @@ def auto_columns(cfg: dict, registry: BandCatalog, properties: dict,
         try:
             left = registry.resolve_catalog(name, properties)
         except InputError as err:
-            raise InputError(f"features.left_catalog=auto: {err}; set features.left_catalog") from None
+            # A table written without that record: the one catalog whose id/ra/dec/z it has.
+            fits = [c for c in registry.catalogs.values() if schema is not None and c.z
+                    and {c.id, c.ra, c.dec, c.z} <= set(schema.names)]
+            if len(fits) != 1:
+                raise InputError(f"features.left_catalog=auto: {err}; set features.left_catalog") from None
+            left = fits[0]
     else:
         require(cfg["left_catalog"] in registry.catalogs, f"features.left_catalog: unknown catalog "
                 f"{cfg['left_catalog']!r}; known: {', '.join(registry.catalogs)} (or auto)")
