@@ -1,4 +1,4 @@
-"""Per-object scores of predicted PDFs against known redshifts: point estimate, CRPS, PIT.
+"""Per-object scores of predicted PDFs against known redshifts: point estimate, CRPS, PIT, zConf.
 
 Training (its validation and test splits) and evaluation (every split of a labelled catalog)
 both compute them here, so the numbers they report come from one function. ``metrics`` then
@@ -12,29 +12,33 @@ import torch
 
 from photoz_spark.model import calibration as cal
 from photoz_spark.model import mdn
-from photoz_spark.model.calibration import PitCalibration
+from photoz_spark.model.calibration import Calibration
 
-SCORES = ("z_spec", "z_phot", "crps", "pit")
-CALIBRATED_SCORES = ("cal_z_phot", "cal_crps", "cal_pit")
+SCORES = ("z_spec", "z_phot", "crps", "pit", "z_conf")
+CALIBRATED_SCORES = ("cal_z_phot", "cal_crps", "cal_pit", "cal_z_conf")
 
 
-def object_scores(w, mu, sigma, z, calibration: PitCalibration | None = None) -> dict[str, np.ndarray]:
-    """Per-object z_spec, z_phot (mixture mean), CRPS and PIT of one batch of mixtures.
+def object_scores(w, mu, sigma, z, calibration: Calibration | None = None) -> dict[str, np.ndarray]:
+    """Per-object z_spec, z_phot (mixture mean), CRPS, PIT and zConf of one batch of mixtures.
 
     Args:
         w, mu, sigma: [N, K] mixture weights, means and standard deviations (torch).
         z: [N] spectroscopic redshifts (torch, on the mixture's device).
-        calibration: also ``cal_z_phot``, ``cal_crps``, ``cal_pit``: the same for the
-            recalibrated PDFs.
+        calibration: also ``cal_z_phot``, ``cal_crps``, ``cal_pit``, ``cal_z_conf``: the same
+            for the recalibrated PDFs (either method).
 
     Returns:
         Name -> numpy array [N] (SCORES, plus CALIBRATED_SCORES with a calibration).
     """
-    scores = {"z_spec": z, "z_phot": mdn.mean(w, mu), "crps": mdn.crps(w, mu, sigma, z),
-              "pit": mdn.pit(w, mu, sigma, z)}
+    z_phot = mdn.mean(w, mu)
+    scores = {"z_spec": z, "z_phot": z_phot, "crps": mdn.crps(w, mu, sigma, z),
+              "pit": mdn.pit(w, mu, sigma, z), "z_conf": mdn.z_conf(w, mu, sigma, z_phot)}
     if calibration is not None:
-        scores.update(cal_z_phot=cal.mean_std(w, mu, sigma, calibration)[0],
-                      cal_crps=cal.crps(w, mu, sigma, z, calibration), cal_pit=cal.pit(w, mu, sigma, z, calibration))
+        w, mu, sigma, calibration = cal.calibrated_mixture(w, mu, sigma, calibration)
+        cal_z_phot = cal.mean_std(w, mu, sigma, calibration)[0]
+        scores.update(cal_z_phot=cal_z_phot, cal_crps=cal.crps(w, mu, sigma, z, calibration),
+                      cal_pit=cal.pit(w, mu, sigma, z, calibration),
+                      cal_z_conf=cal.z_conf(w, mu, sigma, cal_z_phot, calibration))
     return {k: v.detach().cpu().numpy() for k, v in scores.items()}
 
 

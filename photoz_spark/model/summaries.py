@@ -9,7 +9,7 @@ import torch
 
 from photoz_spark.model import calibration as cal
 from photoz_spark.model import mdn
-from photoz_spark.model.calibration import PitCalibration
+from photoz_spark.model.calibration import Calibration
 
 # (column, quantile) of the interval bounds and the median, computed in one bisection.
 QUANTILES = (("z_phot_l95", 0.025), ("z_phot_l68", 0.16), ("z_phot_median", 0.5),
@@ -24,9 +24,15 @@ MODE_ITERATIONS = 30
 MODE_STARTS = 3
 
 
-def estimates(w, mu, sigma, calibration: PitCalibration | None = None) -> dict[str, torch.Tensor]:
-    """Mean, median, mode, std and 68/95 % bounds [N] per object, of the recalibrated PDF when
-    ``calibration`` is given. Keys are the scoring output's column names (z_phot_*)."""
+def estimates(w, mu, sigma, calibration: Calibration | None = None) -> dict[str, torch.Tensor]:
+    """Mean, median, mode, std, 68/95 % bounds and zConf [N] per object, of the recalibrated PDF
+    when ``calibration`` is given. Keys are the scoring output's column names (z_phot_*, z_conf).
+
+    A MixtureCalibration is applied first (pass ``calibration.calibrated_mixture``'s output to
+    also keep the mixture); the summaries of a mixture then cost what raw ones cost. A PIT map
+    goes through the closed forms of ``calibration.mean_std_mode`` (several times dearer).
+    """
+    w, mu, sigma, calibration = cal.calibrated_mixture(w, mu, sigma, calibration)
     qs = cal.quantiles(w, mu, sigma, [q for _, q in QUANTILES], calibration, iterations=QUANTILE_ITERATIONS)
     values = {c: qs[:, i] for i, (c, _) in enumerate(QUANTILES)}
     if calibration is None:
@@ -35,4 +41,5 @@ def estimates(w, mu, sigma, calibration: PitCalibration | None = None) -> dict[s
     else:
         mean, std, mode = cal.mean_std_mode(w, mu, sigma, calibration, iterations=QUANTILE_ITERATIONS)
         values.update(z_phot_mean=mean, z_phot_std=std, z_phot_mode=mode)
+    values["z_conf"] = cal.z_conf(w, mu, sigma, values["z_phot_mean"], calibration)
     return values
