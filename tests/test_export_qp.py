@@ -21,7 +21,7 @@ from photoz_spark.features.stats import compute_stats
 from photoz_spark.flags import Flag
 from photoz_spark.jobs import export_qp as export_job
 from photoz_spark.model import BiLSTMMDN, ModelConfig, mdn
-from photoz_spark.model.calibration import PitCalibration
+from photoz_spark.model.calibration import MixtureCalibration, PitCalibration
 from photoz_spark.registry.artifact import PhotozModel, save_model_files
 from photoz_spark.scoring.kernel import score_batch
 from photoz_spark.toy import toy_matched_table
@@ -57,7 +57,7 @@ def catalog_to_score(n: int = N, seed: int = 11) -> pa.Table:
     return table
 
 
-def write_scores(model: PhotozModel, path, calibration: PitCalibration | None = None) -> pa.Table:
+def write_scores(model: PhotozModel, path, calibration: PitCalibration | MixtureCalibration | None = None) -> pa.Table:
     """Score the toy catalog as the scoring job does and write it as scores/<name>."""
     model.calibration = calibration
     try:
@@ -197,7 +197,8 @@ def test_calibrated_scores_export_the_networks_mixture(model, tmp_path):
     scored = write_scores(model, tmp_path / "scores" / "cal", calibration)
     summary = export.export_qp(tmp_path / "scores" / "cal", tmp_path / "qp" / "cal", single_file=True,
                                scored_only=True)
-    assert summary["calibrated"] and "network's mixture" in summary["ensemble"]
+    assert summary["calibrated"] and summary["calibration_method"] == "pit_map"
+    assert "network's mixture" in summary["ensemble"]
     assert summary["rows"] == N - 1 and summary["unscored_dropped"] == 1
     ensemble = qp.read(str(tmp_path / "qp" / "cal" / "cal.hdf5"))
     expected = by_id(scored, ensemble.ancil["THING_ID"])
@@ -208,6 +209,33 @@ def test_calibrated_scores_export_the_networks_mixture(model, tmp_path):
     bounds = {c: expected[c].to_numpy().astype(float)[:, None] for c in ("z_phot_l68", "z_phot_u68")}
     inside = (ensemble.cdf(bounds["z_phot_u68"]) - ensemble.cdf(bounds["z_phot_l68"])).ravel()
     assert (inside > 0.70).mean() > 0.95
+
+
+def test_mixture_calibrated_scores_export_the_pdf_the_summaries_describe(model, tmp_path):
+    # Widen every PDF 1.8x and shift it by +0.1: the mixture columns then ARE the recalibrated PDF.
+    calibration = MixtureCalibration((0.0, 5.0), (1.8, 1.8), (0.1, 0.1))
+    raw = write_scores(model, tmp_path / "scores" / "raw")
+    scored = write_scores(model, tmp_path / "scores" / "mix", calibration)
+    summary = export.export_qp(tmp_path / "scores" / "mix", tmp_path / "qp" / "mix", single_file=True,
+                               scored_only=True)
+    assert summary["calibrated"] and summary["calibration_method"] == "mixture"
+    assert "recalibrated mixture" in summary["ensemble"]
+    ensemble = qp.read(str(tmp_path / "qp" / "mix" / "mix.hdf5"))
+    expected = by_id(scored, ensemble.ancil["THING_ID"])
+    before = by_id(raw, ensemble.ancil["THING_ID"])
+    ok = expected["n_observed"].to_numpy() > 0
+    np.testing.assert_allclose(ensemble.pdf(GRID)[ok], mixture_pdf(expected)[ok], rtol=1e-5, atol=1e-6)
+    # The exported PDF is what z_phot_* summarise: 68 % between z_phot_l68 and z_phot_u68, its mean
+    # is z_phot_mean, and it is the raw PDF widened 1.8x and moved by 0.1.
+    bounds = {c: expected[c].to_numpy().astype(float)[:, None] for c in ("z_phot_l68", "z_phot_u68")}
+    inside = (ensemble.cdf(bounds["z_phot_u68"]) - ensemble.cdf(bounds["z_phot_l68"])).ravel()[ok]
+    np.testing.assert_allclose(inside, 0.68, atol=2e-3)
+    w, mu = (np.stack(expected[c].to_numpy(zero_copy_only=False)[ok]) for c in ("mixmod_weights", "mixmod_means"))
+    np.testing.assert_allclose((w * mu).sum(1), expected["z_phot_mean"].to_numpy()[ok], atol=1e-5)
+    np.testing.assert_allclose(expected["z_phot_mean"].to_numpy()[ok], before["z_phot_mean"].to_numpy()[ok] + 0.1,
+                               atol=1e-4)
+    np.testing.assert_allclose(expected["z_phot_std"].to_numpy()[ok], 1.8 * before["z_phot_std"].to_numpy()[ok],
+                               rtol=1e-4)
 
 
 def test_string_ids_are_written_not_dropped(tmp_path):

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from photoz_spark import PROJECT_DIR, hats
 from photoz_spark.bands import load_bands
@@ -81,7 +82,7 @@ def model(workdir):
 def test_output_contract(scored, workdir, model):
     _, out = scored
     estimates = ["z_phot_mean", "z_phot_median", "z_phot_mode", "z_phot_std",
-                 "z_phot_l68", "z_phot_u68", "z_phot_l95", "z_phot_u95"]
+                 "z_phot_l68", "z_phot_u68", "z_phot_l95", "z_phot_u95", "z_conf"]
     assert out.column_names == ["THING_ID", "RA", "DEC", "_healpix_29", *estimates, "mixmod_weights",
                                 "mixmod_means", "mixmod_stds", "n_observed", "flags"]
     assert all(out.schema.field(c).type == pa.float32() for c in estimates)
@@ -98,12 +99,14 @@ def test_output_contract(scored, workdir, model):
     assert (q["z_phot_l95"] <= q["z_phot_l68"]).all() and (q["z_phot_l68"] <= q["z_phot_median"]).all()
     assert (q["z_phot_median"] <= q["z_phot_u68"]).all() and (q["z_phot_u68"] <= q["z_phot_u95"]).all()
     assert (q["z_phot_std"] > 0).all()
+    assert (q["z_conf"] >= 0).all() and (q["z_conf"] <= 1).all() and q["z_conf"].std() > 0
     weights = np.stack(out["mixmod_weights"].to_numpy(zero_copy_only=False)[ok])
     np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-5)
 
     expected = model.predict_table(source)
     np.testing.assert_allclose(out["z_phot_mean"].to_numpy()[ok], expected.z_phot_mean.to_numpy()[ok], rtol=1e-5)
     np.testing.assert_allclose(q["z_phot_median"], expected.z_phot_median.to_numpy()[ok], atol=1e-4)
+    np.testing.assert_allclose(q["z_conf"], expected.z_conf.to_numpy()[ok], atol=1e-5)
     np.testing.assert_array_equal(out["n_observed"].to_numpy(), expected.n_observed.to_numpy())
 
     props = hats.read_properties(workdir / "scores" / "toscore")
@@ -251,6 +254,39 @@ def test_recalibrated_model_changes_the_summaries_not_the_mixture(model):
              for name, t in (("raw", raw), ("wider", wider))}
     assert (width["wider"] > width["raw"]).mean() > 0.95
     assert np.median(wider.column("z_phot_std").to_numpy()[ok] / raw.column("z_phot_std").to_numpy()[ok]) > 1.2
+
+
+def test_mixture_recalibrated_model_writes_the_calibrated_mixture(model):
+    from photoz_spark.model import mdn
+    from photoz_spark.model.calibration import MixtureCalibration
+    from photoz_spark.scoring import score_batch
+
+    table = scoring_input(300, 4)
+    raw = score_batch(model, table)
+    try:
+        model.calibration = MixtureCalibration((0.0, 5.0), (2.0, 2.0), (0.05, 0.05), temperature=1.0)
+        wider = score_batch(model, table)
+    finally:
+        model.calibration = None
+    ok = raw.column("n_observed").to_numpy() > 0
+
+    def arrays(t, c):
+        return np.stack(t.column(c).to_numpy(zero_copy_only=False)[ok]).astype(float)
+
+    w, mu, sd = (arrays(raw, c) for c in ("mixmod_weights", "mixmod_means", "mixmod_stds"))
+    mean = (w * mu).sum(1, keepdims=True)
+    # The mixture columns are the recalibrated PDF: twice as wide about its mean, moved by 0.05 ...
+    np.testing.assert_allclose(arrays(wider, "mixmod_weights"), w, atol=1e-6)
+    np.testing.assert_allclose(arrays(wider, "mixmod_stds"), 2 * sd, rtol=1e-5)
+    np.testing.assert_allclose(arrays(wider, "mixmod_means"), mean + 0.05 + 2 * (mu - mean), atol=2e-5)
+    # ... and every summary describes that mixture (z_phot_std exactly twice the raw one).
+    col = {c: wider.column(c).to_numpy()[ok] for c in ("z_phot_mean", "z_phot_std", "z_conf")}
+    np.testing.assert_allclose(col["z_phot_mean"], raw.column("z_phot_mean").to_numpy()[ok] + 0.05, atol=2e-5)
+    np.testing.assert_allclose(col["z_phot_std"], 2 * raw.column("z_phot_std").to_numpy()[ok], rtol=1e-4)
+    torch_args = (torch.tensor(arrays(wider, c)) for c in ("mixmod_weights", "mixmod_means", "mixmod_stds"))
+    np.testing.assert_allclose(col["z_conf"], mdn.z_conf(*torch_args, torch.tensor(col["z_phot_mean"], dtype=torch.float64)),
+                               atol=1e-5)
+    assert (col["z_conf"] < raw.column("z_conf").to_numpy()[ok] + 1e-6).all()   # wider PDFs: less mass near z_phot
 
 
 # --- hardening (issue 18): bad catalogs and model files are one line, an empty catalog an empty output ---

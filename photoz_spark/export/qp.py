@@ -9,11 +9,14 @@ rows in, in the catalog's pixel order) with chosen columns (by default the objec
 that ``qp.read`` / ``qp.is_qp_file`` open (HDF5, or qp's Parquet layout), the files RAIL stages
 exchange.
 
-What the exported ensemble is: **the network's mixture**. For a model trained with
-``train.recalibrate=true`` the score output's ``z_phot_*`` summaries are those of the
-recalibrated PDF, but the ``mixmod_*`` columns -- and so the ensemble -- are the raw network
-output; the calibration map (the score output's ``photoz_calibration`` property) is not
-applied. ``ScoreCatalog.calibrated`` says which case a catalog is, ``export_qp`` records it in
+What the exported ensemble is: **the PDF the score output's ``z_phot_*`` summarise**, for an
+uncalibrated model (the network's mixture) and for one trained with ``train.recalibrate=true``
+and ``train.recalibration=mixture`` (the default: scoring writes the recalibrated mixture into
+the ``mixmod_*`` columns). Only a ``train.recalibration=pit_map`` model differs: its
+``z_phot_*`` are those of the recalibrated PDF, which is not a mixture, while the ``mixmod_*``
+columns -- and so the ensemble -- stay the raw network output; the map (the score output's
+``photoz_calibration`` property) is not applied here. ``ScoreCatalog.calibrated`` and
+``ScoreCatalog.calibration_method`` say which case a catalog is, ``export_qp`` records it in
 ``export.json`` and the job summary prints it.
 
 Rows the model could not score (``NOT_SCORED``: no band observed) are kept with NaN mixture
@@ -113,9 +116,25 @@ class ScoreCatalog:
 
     @property
     def calibrated(self) -> bool:
-        """True when the model carried a PIT recalibration: the ``z_phot_*`` summaries are then
-        those of the recalibrated PDF, while the mixture columns stay the network's."""
+        """True when the model carried a recalibration: the ``z_phot_*`` summaries are then those
+        of the recalibrated PDF (and so are the mixture columns when ``calibration_method`` is mixture)."""
         return self.properties.get("photoz_calibration", "none") not in ("", "none")
+
+    @property
+    def calibration_method(self) -> str:
+        """none, mixture (the mixture columns are the recalibrated PDF) or pit_map (they stay the network's)."""
+        if not self.calibrated:
+            return "none"
+        return "mixture" if json.loads(self.properties["photoz_calibration"]).get("method") == "mixture" else "pit_map"
+
+    @property
+    def ensemble_description(self) -> str:
+        """What the exported ensemble is, in one line (export.json and the job summary)."""
+        return {"none": "the network's mixture, as the score output's z_phot_* summarise it",
+                "mixture": "the recalibrated mixture (the model's mixture recalibration), as the score output's "
+                           "z_phot_* summarise it",
+                "pit_map": "the network's mixture; the score output's z_phot_* are of the recalibrated PDF "
+                           "(PIT map in properties photoz_calibration, not applied here)"}[self.calibration_method]
 
     @property
     def kept_columns(self) -> list[str]:
@@ -246,9 +265,9 @@ def to_qp(scores_dir, pixels: Sequence[int] | None = None, columns: Sequence[str
           limit: int | None = None, scored_only: bool = False):
     """The redshift PDFs of a score output as one ``qp.Ensemble`` (``mixmod``), no glue needed.
 
-    The ensemble is the network's Gaussian mixture, also for a recalibrated model, whose
-    ``z_phot_*`` summaries are of the recalibrated PDF (``ScoreCatalog(path).calibrated``);
-    see the module docstring. NOT_SCORED rows are kept with NaN parameters unless
+    The ensemble is the score output's Gaussian mixture: the PDF its ``z_phot_*`` summarise,
+    except for a ``pit_map``-recalibrated model (``ScoreCatalog(path).calibration_method``),
+    whose mixture stays the network's; see the module docstring. NOT_SCORED rows are kept with NaN parameters unless
     ``scored_only``: qp 1.1's ``mixmod.ppf`` (so ``median``, ``interval``) builds one grid from
     the whole ensemble's means and stds, so one NaN row makes every row's ppf NaN.
 
@@ -321,7 +340,7 @@ def export_qp(scores_dir, output_dir, pixels: Sequence[int] | None = None, colum
 
     Returns:
         Summary dict: input, output, files (relative path -> rows), rows, unscored_dropped,
-        pixels, order, limit, columns, calibrated, ensemble (what it is), model, format, single_file,
+        pixels, order, limit, columns, calibrated, calibration_method, ensemble (what it is), model, format, single_file,
         seconds.
     """
     t0 = time.time()
@@ -343,10 +362,8 @@ def export_qp(scores_dir, output_dir, pixels: Sequence[int] | None = None, colum
             "input": str(catalog.path.absolute()), "output": str(target), "format": fmt, "single_file": single_file,
             "parameterisation": PARAMETERISATION, "files": files, "rows": sum(files.values()), "unscored_dropped": dropped,
             "pixels": selected, "order": catalog.order, "limit": limit, "columns": columns,
-            "calibrated": catalog.calibrated,
-            "ensemble": ("the network's mixture; the score output's z_phot_* are of the recalibrated PDF "
-                         "(PIT map in properties photoz_calibration, not applied here)") if catalog.calibrated
-            else "the network's mixture, as the score output's z_phot_* summarise it",
+            "calibrated": catalog.calibrated, "calibration_method": catalog.calibration_method,
+            "ensemble": catalog.ensemble_description,
             "model": {k: catalog.properties.get(f"photoz_model_{k}", "") for k in ("name", "version", "uri")},
         }
         (staged / MANIFEST_FILE).write_text(json.dumps(summary, indent=1) + "\n")

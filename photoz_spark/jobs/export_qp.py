@@ -4,9 +4,10 @@ Reads workdir/<export.input> (scores/<name>, written by jobs/score_catalog.py) a
 workdir/qp/<name>/: one qp Ensemble file per HEALPix pixel (Norder=k/Dir=d/Npix=n.hdf5), or one
 file <name>.hdf5 for the whole selection (--single-file), plus export.json (files, rows, source,
 model). Each PDF is qp's `mixmod` from the mixmod_weights/means/stds columns, with the id, ra,
-dec, _healpix_29, n_observed and flags columns as ancillary data (--columns to choose). For a
-recalibrated model the files hold the NETWORK's mixture, not the recalibrated PDF that the
-z_phot_* summaries describe (the summary says which). Rows the model could not score
+dec, _healpix_29, n_observed and flags columns as ancillary data (--columns to choose). The
+files hold the PDF that the z_phot_* summaries describe, also for a model recalibrated with
+train.recalibration=mixture (the default); only for train.recalibration=pit_map do they hold
+the NETWORK's mixture, not the recalibrated PDF (the summary says which). Rows the model could not score
 (NOT_SCORED) are kept with NaN parameters (--scored-only leaves them out). Needs the astro extra: pip install -e '.[astro]'.
 No Spark: one pixel in memory at a time. A rerun replaces the export; a failed run leaves the
 previous one untouched.

@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> dict:
     return run_job(parser, argv, validate, run, print_summary)
 
 
+PDF_TEXT = {"none": "as the network predicts",
+            "mixture": "recalibrated mixture of the model (mixmod_* and z_phot_* describe it)",
+            "pit_map": "recalibrated by the model's PIT map (z_phot_*; mixmod_* stay the network's)"}
+
+
 def print_summary(s: dict, job=None) -> None:
     print("\n=== score_catalog ===")
     print(f"input         {s['input']}  {s['rows_in']:,d} rows")
@@ -58,7 +63,7 @@ def print_summary(s: dict, job=None) -> None:
     print(f"output        {s['output']}  {s['rows_out']:,d} rows, {s['partitions']} partitions")
     if s["absent_bands"] != "none":
         print(f"absent bands  {s['absent_bands']} (not in the catalog: scored as unobserved)")
-    print(f"PDFs          {'recalibrated (PIT map of the model)' if s['calibrated'] else 'as the network predicts'}")
+    print(f"PDFs          {PDF_TEXT[s.get('calibration_method', 'none')]}")
     checks = s["precision_checks"]
     if checks:
         for c in checks:

@@ -26,13 +26,13 @@ from photoz_spark.bands import Band, BandCatalog, BandSet, Catalog, load_bands
 from photoz_spark.errors import InputError
 from photoz_spark.features.sequencing import sequence
 from photoz_spark.model import ModelConfig, mixture
-from photoz_spark.model.calibration import PitCalibration
+from photoz_spark.model import calibration as cal
 from photoz_spark.model.ensemble import build_network
 
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "model.json"
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-OUTPUT_COLUMNS = ["z_phot_mean", "z_phot_std", "z_phot_median", "n_observed"]
+OUTPUT_COLUMNS = ["z_phot_mean", "z_phot_std", "z_phot_median", "z_conf", "n_observed"]
 # On CPU, glibc serves an allocation above its mmap threshold (32 MiB at most) with fresh pages
 # that the kernel faults in and zeroes on every call. The network's biggest activation is the
 # first LSTM's input gates (rows x steps x 2 directions x 4 gates x hidden1 floats), so CPU calls
@@ -151,8 +151,9 @@ class PhotozModel:
             raise InputError(f"{directory / WEIGHTS_FILE} does not fit the network of {META_FILE} "
                              f"({str(err).splitlines()[0]})") from None
         self.network.to(self.device).eval()
-        # Set when the model was trained with train.recalibrate: applied to every PDF summary.
-        self.calibration = PitCalibration.from_dict(self.meta.get("calibration"))
+        # Set when the model was trained with train.recalibrate (a MixtureCalibration or a
+        # PitCalibration, train.recalibration): applied to every PDF summary.
+        self.calibration = cal.from_dict(self.meta.get("calibration"))
         self._scale = None  # the statistics as float32 tensors on the device (standardised)
 
     def standardised(self, raw_features: np.ndarray, observed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,10 +2,13 @@
 
 Features are built exactly as in training and serving (``PhotozModel``: ``sequence`` then
 ``standardise``). Per row it returns the PDF's mean, median, mode, standard deviation, the
-68 % and 95 % central intervals, the mixture itself (qp ``mixmod`` layout: weights, means,
-stds, K each), the number of observed bands and the flags. When the model carries a PIT
-recalibration (``calibration.py``) the summaries are those of the recalibrated PDF; the mixture
-arrays stay the network's (the calibration map is in the output's properties).
+68 % and 95 % central intervals, zConf (the PDF's mass within z_phot_mean +- 0.05 (1 +
+z_phot_mean)), the mixture itself (qp ``mixmod`` layout: weights, means, stds, K each), the
+number of observed bands and the flags. When the model carries a recalibration
+(``calibration.py``, ``train.recalibration``): ``mixture`` (the default) makes the mixture arrays
+the recalibrated PDF that every summary describes; ``pit_map`` makes the summaries those of the
+recalibrated PDF while the mixture arrays stay the network's (the map is in the output's
+properties).
 
 A row none of whose bands is observed cannot be scored: its estimates and mixture are NaN and
 it carries ``Flag.NOT_SCORED`` (besides MISSING_BAND and any BAD_FLUX/BAD_ERROR). Rows are
@@ -23,10 +26,11 @@ import torch
 from photoz_spark.features.sequencing import sequence
 from photoz_spark.flags import FLAGS_COLUMN, Flag
 from photoz_spark.model import mdn
+from photoz_spark.model.calibration import calibrated_mixture
 from photoz_spark.model.summaries import estimates
 
 ESTIMATES = ("z_phot_mean", "z_phot_median", "z_phot_mode", "z_phot_std",
-             "z_phot_l68", "z_phot_u68", "z_phot_l95", "z_phot_u95")
+             "z_phot_l68", "z_phot_u68", "z_phot_l95", "z_phot_u95", "z_conf")
 MIXTURE = ("mixmod_weights", "mixmod_means", "mixmod_stds")
 
 
@@ -97,8 +101,9 @@ def score_batch(model, table: pa.Table | pa.RecordBatch, keep: Sequence[str] = (
     mix = {c: np.full((n, k), np.nan, np.float32) for c in MIXTURE}
     rows = np.flatnonzero(scorable)
     if len(rows):
-        w, mu, sigma = model.mixture_of(raw[rows], observed[rows])
-        for c, v in estimates(w, mu, sigma, model.calibration).items():
+        # The PDF of the output: a mixture recalibration is applied to the mixture itself.
+        w, mu, sigma, pit_map = calibrated_mixture(*model.mixture_of(raw[rows], observed[rows]), model.calibration)
+        for c, v in estimates(w, mu, sigma, pit_map).items():
             est[c][rows] = v.cpu().numpy()
         for c, v in zip(MIXTURE, (w, mu, sigma), strict=True):
             mix[c][rows] = v.cpu().numpy()

@@ -141,6 +141,13 @@ def count_output_flags(batch: pa.RecordBatch) -> dict[str, int]:
     return {FLAG_STAT + name: n for name, n in count_flags(batch.column(FLAGS_COLUMN).to_numpy()).items()}
 
 
+def calibration_method(stored: dict | None) -> str:
+    """none, mixture or pit_map: the recalibration a model's ``model.json`` carries (calibration.from_dict)."""
+    if not stored:
+        return "none"
+    return "mixture" if stored.get("method") == "mixture" else "pit_map"
+
+
 def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: ModelFiles, band_set,
                   bands_file: str | None = None) -> dict:
     """Score ``score.input`` into ``scores/<name>``. Returns the job summary."""
@@ -181,6 +188,7 @@ def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: Mo
     flagged = {f.name: int(written["stats"].get(FLAG_STAT + f.name, 0)) for f in Flag}
     return {"device": runtime.device, "precision_checks": check_results, "absent_bands": props["photoz_absent_bands"],
             "calibrated": meta.get("calibration") is not None,
+            "calibration_method": calibration_method(meta.get("calibration")),
             "input": str(p.source), "output": str(target), "model_uri": files.uri, "band_set": band_set.name,
             "rows_in": rows_in, "rows_out": written["n_rows"], "partitions": written["n_partitions"],
             "flagged": flagged, "not_scored": flagged[Flag.NOT_SCORED.name],

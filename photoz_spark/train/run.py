@@ -62,7 +62,10 @@ def validate(cfg: dict, layout: dict, stats: dict, counts: dict) -> None:
     for key in ("weight_decay", "warmup_epochs", "grad_clip"):
         require(cfg[key] >= 0, f"train.{key} must be >= 0, got {cfg[key]}")
     require(cfg["recalibrate"] in (True, False), f"train.recalibrate must be true or false, got {cfg['recalibrate']!r}")
+    require(cfg["recalibration"] in ("mixture", "pit_map"),
+            f"train.recalibration must be mixture or pit_map, got {cfg['recalibration']!r}")
     require(int(cfg["calibration_knots"]) >= 1, "train.calibration_knots must be >= 1")
+    require(int(cfg["calibration_nodes"]) >= 1, "train.calibration_nodes must be >= 1")
     require(layout["band_set"] == cfg["band_set"],
             f"features were built for band set {layout['band_set']!r}, not {cfg['band_set']!r} "
             f"(train with --band-set {layout['band_set']})")
@@ -253,11 +256,12 @@ def clean_run_dir(out_dir: Path) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def evaluate_split(model, data, calibration=None) -> tuple[dict, dict]:
+def evaluate_split(model, data, calibration=None, keep_mixture: bool = False) -> tuple[dict, dict]:
     """Point and CRPS metrics of ``model`` on one split's FeatureData, plus the per-object arrays.
 
     The metrics are those of the network's own PDFs; with a ``calibration`` the arrays also hold
-    the recalibrated PDFs' z_phot, CRPS and PIT (``cal_*``, see ``model.scores.object_scores``).
+    the recalibrated PDFs' z_phot, CRPS, PIT and zConf (``cal_*``, see ``model.scores.object_scores``).
+    ``keep_mixture``: the arrays also hold ``mixture``, the raw (w, mu, sigma) [N, K] tensors.
     """
     import torch
 
@@ -267,10 +271,16 @@ def evaluate_split(model, data, calibration=None) -> tuple[dict, dict]:
     from photoz_spark.train.feeding import eval_batches
 
     model.eval()
+    parts, kept = [], []
     with torch.inference_mode():
-        parts = [object_scores(*mixture(*model(features, observed)), z, calibration)
-                 for features, observed, z in eval_batches(data)]
+        for features, observed, z in eval_batches(data):
+            w, mu, sigma = mixture(*model(features, observed))
+            parts.append(object_scores(w, mu, sigma, z, calibration))
+            if keep_mixture:
+                kept.append((w.cpu(), mu.cpu(), sigma.cpu()))
     arrays = concat_scores(parts, calibration is not None)
+    if keep_mixture:
+        arrays["mixture"] = tuple(torch.cat([k[i] for k in kept]) for i in range(3))
     return point_metrics(arrays["z_phot"], arrays["z_spec"], arrays["crps"]), arrays
 
 
@@ -300,7 +310,7 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
     import torch
 
     from photoz_spark.metrics.figures import zphot_figure
-    from photoz_spark.model.calibration import PitCalibration
+    from photoz_spark.model import calibration as cal
     from photoz_spark.model.ensemble import build_network
     from photoz_spark.registry import tracking as reg
     from photoz_spark.registry.artifact import PhotozModel, save_model_files
@@ -365,11 +375,14 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
         for split, prefix in (("validation", "val"), ("test", "test")):
             if counts[split]:
                 data = splits[split] if split in splits else feed.load(split)
-                m, plots[split] = evaluate_split(model, data, calibration)
+                fit_here = split == "validation" and cfg["recalibrate"]
+                m, plots[split] = evaluate_split(model, data, calibration, keep_mixture=fit_here)
                 metrics.update({f"{prefix}_{k}": v for k, v in m.items() if k != "n"})
-                if split == "validation" and cfg["recalibrate"]:
-                    # Fitted on validation PIT, judged on the test split it never saw.
-                    calibration = PitCalibration.fit(plots[split]["pit"], int(cfg["calibration_knots"]))
+                if fit_here:
+                    # Fitted on the validation split, judged on the test split it never saw.
+                    calibration = cal.fit(cfg["recalibration"], *plots[split].pop("mixture"), plots[split]["z_spec"],
+                                          plots[split]["pit"], int(cfg["calibration_knots"]),
+                                          int(cfg["calibration_nodes"]))
                 metrics.update(calibration_metrics(plots[split], prefix))
         reg.log_metrics(metrics)
         figure = out_dir / "zphot_vs_zspec_test.png"
