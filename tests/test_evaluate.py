@@ -49,12 +49,14 @@ def test_evaluate_writes_table1_figures_and_logs_to_the_model_run(evaluated, wor
     assert {row["split"]: row["n"] for row in evaluated["table1"]} == counts
     report_dir = workdir / "reports" / f"{MODEL}-v1"
     assert evaluated["report"] == report_dir / "report.md"
-    names = {"fig3_zphot_zspec.png", "fig4_crps.png", "fig5_example_pdfs.png", "fig6_pit.png"}
+    names = {"fig3_zphot_zspec.png", "fig4_crps.png", "fig5_example_pdfs.png", "fig6_pit.png", "completeness.png"}
     assert {p.name for p in evaluated["figures"]} == names and all(p.stat().st_size > 10_000 for p in evaluated["figures"])
     text = evaluated["report"].read_text()
-    for heading in ("## Table 1", "## Metrics per z_spec bin", "## Recalibration", "fitted here on the validation split"):
+    for heading in ("## Table 1", "## Metrics per z_spec bin", "## Recalibration", "fitted here on the validation split",
+                    "## Completeness"):
         assert heading in text
     assert evaluated["calibration"]["source"] == "validation" and len(evaluated["calibration"]["rows"]) == 2
+    assert evaluated["calibration"]["method"] == "mixture" and evaluated["calibration"]["nodes"] >= 2
 
     from mlflow.tracking import MlflowClient
     client = MlflowClient(evaluated["tracking_uri"])
@@ -69,6 +71,17 @@ def test_evaluate_writes_table1_figures_and_logs_to_the_model_run(evaluated, wor
     assert run_metrics["test_crps"] == pytest.approx(test_row["crps"], rel=1e-3)
     assert run_metrics["test_sigma_nmad"] == pytest.approx(test_row["sigma_nmad"], rel=1e-3)
     assert "eval_test_pit_ks_val_fit_recalibrated" in run_metrics
+    # Completeness: keeping everything is Table 1 (the model has no calibration: the network's zConf);
+    # a stricter zConf cut keeps fewer objects at a higher zConf threshold.
+    rows = evaluated["completeness"]["rows"]
+    assert [r["kept"] for r in rows] == [1.0, 0.9, 0.8, 0.7, 0.5] and evaluated["completeness"]["pdf"] == "network (raw)"
+    assert rows[0]["n"] == counts["test"] and rows[-1]["n"] == -(-counts["test"] // 2)
+    assert run_metrics["eval_test_f_out_c100"] == pytest.approx(test_row["f_out"])
+    assert run_metrics["eval_test_sigma_nmad_c100"] == pytest.approx(test_row["sigma_nmad"])
+    assert run_metrics["eval_test_f_out_c50"] == pytest.approx(rows[-1]["f_out"])
+    thresholds = [run_metrics[f"eval_test_z_conf_min_c{c}"] for c in (100, 90, 80, 70, 50)]
+    assert thresholds == sorted(thresholds) and thresholds[0] < thresholds[-1]
+    assert "completeness" in capsys.readouterr().out
 
 
 def test_rerun_replaces_the_report(evaluated, workdir):
@@ -98,7 +111,21 @@ def test_model_calibration_is_shown_before_and_after(ablation, workdir, tmp_path
     info = {"name": MODEL, "version": "1", "model_uri": "models:/x/1", "run_id": "r", "band_set": "optical8",
             "bands": model.meta["layout"]["bands"], "features": str(catalog.directory), "evaluated": "now"}
     written = write_report(evaluation, info, tmp_path / "report")
-    assert "The model carries a PIT recalibration" in written["report"].read_text()
+    assert "The model carries a recalibration (PIT map, 10 knots" in written["report"].read_text()
+
+    # A mixture recalibration (train.recalibration=mixture): the completeness table cuts on its zConf.
+    from photoz_spark.model.calibration import MixtureCalibration
+    model.calibration = raw.calibration["fitted"]   # the what-if fitted on validation (evaluate.recalibration)
+    assert isinstance(model.calibration, MixtureCalibration)
+    evaluation = evaluate_model(model, catalog, EvalSettings(splits=("test",)))
+    assert evaluation.calibration["source"] == "model" and evaluation.calibration["method"] == "mixture"
+    test = evaluation.test
+    assert evaluation.completeness["pdf"] == "recalibrated (model's)"
+    assert evaluation.completeness["rows"][0]["z_conf_min"] == pytest.approx(test.calibrated["z_conf"].min())
+    assert not np.allclose(test.calibrated["z_conf"], test.z_conf)
+    written = write_report(evaluation, info, tmp_path / "report2")
+    assert "calibrated mixture" in written["report"].read_text()
+    model.calibration = None
 
 
 def test_ablation_table2_identical_splits_and_ordering_checks(ablation, workdir):

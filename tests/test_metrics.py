@@ -98,3 +98,18 @@ def test_metrics_by_z_bin():
 def test_bad_bins_refused():
     with pytest.raises(ValueError, match="increasing"):
         metrics.metrics_by_z_bin([1.0], [1.0], [0, 2, 1])
+
+
+def test_completeness_curve_keeps_the_highest_z_conf_first():
+    from photoz_spark.metrics import completeness_curve
+
+    z_spec = np.zeros(10)
+    z_phot = np.array([0.0, 0.01, 0.02, 0.03, 0.04, 0.3, 0.3, 0.3, 0.3, 0.3])   # last five: outliers
+    z_conf = np.array([0.9, 0.8, 0.85, 0.7, 0.75, 0.1, 0.2, 0.3, 0.6, 0.65])
+    rows = completeness_curve(z_phot, z_spec, z_conf, (1.0, 0.7, 0.5, 0.25))
+    assert [r["n"] for r in rows] == [10, 7, 5, 3]
+    assert [r["f_out"] for r in rows] == pytest.approx([0.5, 2 / 7, 0.0, 0.0])
+    assert [r["z_conf_min"] for r in rows] == pytest.approx([0.1, 0.6, 0.7, 0.8])
+    assert rows[2]["sigma_nmad"] == pytest.approx(1.48 * 0.02)        # median |dz| of 0, .01, .02, .03, .04
+    with pytest.raises(ValueError, match="kept fractions"):
+        completeness_curve(z_phot, z_spec, z_conf, (0.0,))

@@ -1,4 +1,4 @@
-"""Tables (Table 1, per-z-bin, calibration, Table 2) as rows of dicts, and their Markdown / text forms."""
+"""Tables (Table 1, per-z-bin, calibration, completeness, Table 2) as rows of dicts, and their Markdown / text forms."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ Z_BIN_COLUMNS = [("z_bin", "z_spec bin"), ("n", "N"), ("sigma_nmad", "σ_NMAD"),
                  ("crps_median", "median CRPS"), ("pit_ks", "PIT KS"), ("pit_cvm", "PIT CvM")]
 CALIBRATION_COLUMNS = [("pdf", "PDFs"), ("pit_ks", "PIT KS"), ("pit_cvm", "PIT CvM"), ("crps", "mean CRPS"),
                        ("sigma_nmad", "σ_NMAD (mean)"), ("f_out", "f_out (mean)")]
+COMPLETENESS_COLUMNS = [("kept", "kept"), ("n", "N"), ("z_conf_min", "zConf ≥"), ("sigma_nmad", "σ_NMAD"),
+                        ("f_out", "f_out")]
 TABLE2_COLUMNS = [("band_set", "band set"), ("n_bands", "bands"), ("n", "N test"), ("sigma_nmad", "σ_NMAD"),
                   ("f_out", "f_out"), ("bias", "bias"), ("mse", "MSE"), ("mae", "MAE"), ("crps", "mean CRPS")]
-PERCENT = {"f_out", "f_cat"}
+PERCENT = {"f_out", "f_cat", "kept"}
 
 
 @contextmanager
@@ -54,6 +56,8 @@ def format_value(key: str, value) -> str:
         return value
     if key in ("n", "n_bands"):
         return f"{int(value):,}"
+    if key == "kept":
+        return f"{100 * value:.0f} %"
     if key in PERCENT:
         return f"{100 * value:.2f} %"
     if key == "bias":
@@ -100,24 +104,31 @@ def write_json(data, path: Path) -> Path:
 
 
 CALIBRATION_TEXT = {
-    "model": ("The model carries a PIT recalibration (fitted on the validation split when it was trained, stored "
-              "in model.json; the scoring job applies it). Test split, the network's own PDFs before and after it:"),
+    "model": ("The model carries a recalibration ({method}; fitted on the validation split when it was trained, "
+              "stored in model.json; the scoring job applies it). Test split, the network's own PDFs before and "
+              "after it:"),
     "validation": ("The model carries **no** recalibration. The rows below show what a recalibration *fitted here "
-                   "on the validation split* ({n_fit:,} objects, {knots} knots) would do on the test split; it is "
+                   "on the validation split* ({method}, {n_fit:,} objects) would do on the test split; it is "
                    "not part of the model (train with `train.recalibrate=true` to store one):"),
     "none": "No recalibration shown: the model carries none and the validation split was not evaluated.",
 }
 
 
-def evaluation_markdown(info: dict, table1: list[dict], by_z: list[dict], calibration: dict, figures: dict) -> str:
+COMPLETENESS_TEXT = ("Objects kept by a cut on zConf, the PDF's mass within z_phot ± 0.05 (1 + z_phot) (highest "
+                     "first), on the {pdf} PDFs (those the scoring job outputs); z_phot is that PDF's mean:")
+
+
+def evaluation_markdown(info: dict, table1: list[dict], by_z: list[dict], calibration: dict, figures: dict,
+                        completeness: dict | None = None) -> str:
     """The evaluation report.
 
     Args:
         info: model_uri, name, version, run_id, band_set, bands, features, evaluated (date).
         table1: one row per split (metrics.all_metrics plus "split").
         by_z: test-split rows of metrics.metrics_by_z_bin.
-        calibration: source (model | validation | none), rows, n_fit, knots.
+        calibration: source (model | validation | none), method, rows, n_fit, knots.
         figures: caption -> file name (relative to the report).
+        completeness: pdf, rows (``metrics.completeness_curve``) of the test split (optional).
     """
     lines = [f"# Evaluation of {info['name']} version {info['version']}", "",
              f"- model: `{info['model_uri']}` (MLflow run `{info['run_id']}`)",
@@ -133,10 +144,21 @@ def evaluation_markdown(info: dict, table1: list[dict], by_z: list[dict], calibr
              "## Metrics per z_spec bin (test split)", "", markdown_table(with_z_bin_labels(by_z), Z_BIN_COLUMNS), "",
              "## Recalibration (test split)", "",
              CALIBRATION_TEXT[calibration["source"]].format(n_fit=calibration.get("n_fit", 0),
-                                                            knots=calibration.get("knots", 0))]
+                                                            method=calibration_method_text(calibration))]
     if calibration["rows"]:
         lines += ["", markdown_table(calibration["rows"], CALIBRATION_COLUMNS)]
+    if completeness:
+        lines += ["", "## Completeness: f_out and σ_NMAD vs a zConf cut (test split)", "",
+                  COMPLETENESS_TEXT.format(pdf=completeness["pdf"]), "",
+                  markdown_table(completeness["rows"], COMPLETENESS_COLUMNS)]
     lines += ["", "## Figures", ""]
     for caption, name in figures.items():
         lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
     return "\n".join(lines)
+
+
+def calibration_method_text(calibration: dict) -> str:
+    """The recalibration method in words: a mixture (nodes) or a PIT map (knots)."""
+    if calibration.get("method") == "mixture":
+        return f"calibrated mixture, {calibration.get('nodes', 0)} nodes"
+    return f"PIT map, {calibration.get('knots', 0)} knots"

@@ -1,10 +1,11 @@
-"""Evaluate a registered model: Table 1, per-z-bin metrics, recalibration and Figs. 3-6 of the paper.
+"""Evaluate a registered model: Table 1, per-z-bin metrics, recalibration, zConf completeness and Figs. 3-6.
 
 Fetches models:/<mlflow.model_name>@<mlflow.alias> (or a --version) from the MLflow registry, runs it
 on every split of a labelled features catalog (default features/<the model's band set>, with
 its train/validation/test split column) and writes
-  reports/<model>-v<version>/report.md         Table 1, per-z-bin table, recalibration, figures
+  reports/<model>-v<version>/report.md         Table 1, per-z-bin table, recalibration, completeness, figures
   reports/<model>-v<version>/fig3..fig6 *.png  z_phot vs z_spec, CRPS, example PDFs, PIT
+  reports/<model>-v<version>/completeness.png  f_out, σ_NMAD vs the fraction kept by a zConf cut
   reports/<model>-v<version>/*.csv, *.json     the tables
 and logs them (and Table 1 as eval_<split>_<metric> metrics) into the model's own MLflow run.
 A rerun replaces the report.
@@ -37,7 +38,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def print_summary(s: dict, job=None) -> None:
-    from photoz_spark.evaluate.report import CALIBRATION_COLUMNS, TABLE1_COLUMNS, text_table
+    from photoz_spark.evaluate.report import (
+        CALIBRATION_COLUMNS,
+        COMPLETENESS_COLUMNS,
+        TABLE1_COLUMNS,
+        calibration_method_text,
+        text_table,
+    )
 
     print("\n=== evaluate ===")
     print(f"model         {s['model_uri']} ({s['band_set']}), run {s['run_id']}")
@@ -46,7 +53,11 @@ def print_summary(s: dict, job=None) -> None:
     cal = s["calibration"]
     if cal["rows"]:
         which = "the model's" if cal["source"] == "model" else "fitted on validation, NOT in the model"
-        print(f"recalibration ({which}), test split\n" + text_table(cal["rows"], CALIBRATION_COLUMNS))
+        print(f"recalibration ({which}: {calibration_method_text(cal)}), test split\n"
+              + text_table(cal["rows"], CALIBRATION_COLUMNS))
+    if s.get("completeness"):
+        print(f"completeness  cut on zConf (mass within z_phot ± 0.05(1+z_phot)), {s['completeness']['pdf']} PDFs, "
+              "test split\n" + text_table(s["completeness"]["rows"], COMPLETENESS_COLUMNS))
     print(f"report        {s['report']}")
     for path in s["figures"]:
         print(f"figure        {path}")

@@ -3,7 +3,8 @@
 dz = z_phot - z_spec, normalised by (1 + z_spec). Point metrics: sigma_NMAD, outlier rate,
 bias, MSE, MAE, catastrophic rate. Probabilistic: the mean of per-object CRPS values and PIT
 values' KS and Cramer-von Mises distances from U(0, 1) (the per-object values themselves are the
-model's business: ``model.scores``). ``metrics_by_z_bin`` gives every metric per z_spec bin.
+model's business: ``model.scores``). ``metrics_by_z_bin`` gives every metric per z_spec bin,
+``completeness_curve`` sigma_NMAD and f_out of the objects kept by a cut on zConf.
 Numbers in, numbers out: this package (and ``metrics.figures``) never imports the network.
 """
 
@@ -136,4 +137,34 @@ def metrics_by_z_bin(z_phot, z_spec, edges, crps=None, pit=None) -> list[dict]:
             row.update(all_metrics(z_phot[sel], z_spec[sel], None if crps is None else np.asarray(crps)[sel],
                                    None if pit is None else np.asarray(pit)[sel]))
         rows.append(row)
+    return rows
+
+
+COMPLETENESS_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.5)
+
+
+def completeness_curve(z_phot, z_spec, z_conf, fractions=COMPLETENESS_FRACTIONS) -> list[dict]:
+    """sigma_NMAD and f_out of the objects kept by a zConf cut, per kept fraction (completeness).
+
+    Keeping a fraction f means keeping the ceil(f N) objects of highest zConf (ties by order),
+    i.e. the cut zConf >= z_conf_min, the lowest zConf kept.
+
+    Args:
+        z_phot, z_spec, z_conf: point estimates, true redshifts and zConf values [N].
+        fractions: kept fractions in (0, 1].
+
+    Returns:
+        One row per fraction: kept (the fraction), n, z_conf_min, sigma_nmad, f_out.
+    """
+    z_phot, z_spec, z_conf = (np.asarray(a, float) for a in (z_phot, z_spec, z_conf))
+    if not len(z_spec):
+        raise ValueError("no objects to compute a completeness curve on")
+    order = np.argsort(-z_conf, kind="stable")
+    rows = []
+    for f in fractions:
+        if not 0 < f <= 1:
+            raise ValueError(f"kept fractions must lie in (0, 1], got {f}")
+        keep = order[:int(np.ceil(f * len(order) - 1e-9))]
+        rows.append({"kept": float(f), "n": len(keep), "z_conf_min": float(z_conf[keep].min()),
+                     "sigma_nmad": sigma_nmad(z_phot[keep], z_spec[keep]), "f_out": outlier_rate(z_phot[keep], z_spec[keep])})
     return rows

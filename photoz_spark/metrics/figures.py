@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -17,7 +18,7 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from photoz_spark.metrics import OUTLIER_CUT
+from photoz_spark.metrics import OUTLIER_CUT, completeness_curve
 
 DPI = 110
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")   # 0.3, 2, 10 instead of 3x10^-1 on log axes
@@ -138,6 +139,16 @@ def _mixture_curves(example, grid):
     return pdf, cdf
 
 
+def _calibrated_curves(example, grid, cdf, calibration):
+    """PDF and CDF of the recalibrated example: a PIT map remaps the CDF; a mixture calibration
+    (anything with ``apply_numpy``) gives another mixture."""
+    if hasattr(calibration, "remap"):
+        cdf_cal = calibration.remap(cdf)
+        return np.gradient(cdf_cal, grid), cdf_cal
+    w, mu, sigma = calibration.apply_numpy(example.w, example.mu, example.sigma)
+    return _mixture_curves(SimpleNamespace(w=w, mu=mu, sigma=sigma), grid)
+
+
 def _example_range(example) -> tuple[float, float]:
     """The z range where the PDF lives (its 0.2-99.8 % quantiles) and z_spec, z_phot, with a margin."""
     broad = np.linspace(float(np.min(example.mu - 6 * example.sigma)), float(np.max(example.mu + 6 * example.sigma)),
@@ -157,7 +168,8 @@ def example_pdfs_figure(examples: list, path: Path, title: str, calibration=None
         examples: ``predict.Example`` objects (mixture weights, means, stds, z_spec, z_phot).
         path: the PNG to write.
         title: the figure title.
-        calibration: a PitCalibration: also draw the recalibrated PDF and CDF (optional).
+        calibration: a PitCalibration or MixtureCalibration: also draw the recalibrated PDF and
+            CDF (optional).
         calibrated_label: their legend label.
     """
     n = max(1, len(examples))
@@ -169,8 +181,8 @@ def example_pdfs_figure(examples: list, path: Path, title: str, calibration=None
         top.plot(grid, pdf, "C0-", label="PDF")
         bottom.plot(grid, cdf, "C0-", label="CDF")
         if calibration is not None:
-            cdf_cal = calibration.remap(cdf)
-            top.plot(grid, np.gradient(cdf_cal, grid), "C3--", lw=1, label=calibrated_label)
+            pdf_cal, cdf_cal = _calibrated_curves(example, grid, cdf, calibration)
+            top.plot(grid, pdf_cal, "C3--", lw=1, label=calibrated_label)
             bottom.plot(grid, cdf_cal, "C3--", lw=1, label=calibrated_label)
         for ax in (top, bottom):
             ax.axvline(example.z_spec, color="k", lw=1, label="z_spec")
@@ -214,3 +226,26 @@ def pit_figure(pit, path: Path, title: str, pit_calibrated=None, calibrated_labe
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     fig.suptitle(title)
     return _save(fig, path, rect=(0, 0.07, 1, 1))
+
+
+def completeness_figure(z_phot, z_spec, z_conf, path: Path, title: str) -> Path:
+    """f_out (left) and sigma_NMAD (right) of the objects kept by a zConf cut, against the kept fraction.
+
+    Args:
+        z_phot, z_spec, z_conf: point estimates, true redshifts and zConf values [N].
+        path: the PNG to write.
+        title: the figure title.
+    """
+    fractions = np.linspace(1.0, 0.1, 37)
+    rows = completeness_curve(z_phot, z_spec, z_conf, fractions)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    left.plot(fractions, [100 * r["f_out"] for r in rows], "C3-", lw=1.5)
+    left.set(xlabel="fraction kept (highest zConf first)", ylabel="f_out [%]", title="outlier rate")
+    right.plot(fractions, [r["sigma_nmad"] for r in rows], "C0-", lw=1.5)
+    right.set(xlabel="fraction kept (highest zConf first)", ylabel="σ_NMAD", title="scatter")
+    for ax in (left, right):
+        ax.set_xlim(1.0, 0.1)   # completeness falls to the right
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)
