@@ -51,7 +51,8 @@ def fit(features_dir: str | Path, settings, model_overrides: dict | None = None,
     Returns:
         {"test": metrics, "val": metrics, "seconds" (wall), "cpu_seconds" (this process's CPU
         time: on a shared machine the fairer clock), "epochs", "best_epoch", "history",
-        "time_to_target" (CPU s or None), "val_crps_curve" [(CPU seconds, val CRPS)]}.
+        "time_to_target" (CPU s or None), "val_crps_curve" [(CPU seconds, val CRPS)], "model" (the
+        trained network, best weights)}.
         Training time excludes the per-epoch CRPS evaluations.
     """
     import torch
@@ -89,7 +90,7 @@ def fit(features_dir: str | Path, settings, model_overrides: dict | None = None,
             "cpu_seconds": cpu_seconds,
             "epochs": result.epochs_run, "best_epoch": result.best_epoch, "history": result.history,
             "time_to_target": reached[0] if reached else None,
-            "val_crps_curve": [(round(s, 2), c) for s, c, _ in curve], "rows": len(data)}
+            "val_crps_curve": [(round(s, 2), c) for s, c, _ in curve], "rows": len(data), "model": model}
 
 
 def line(name: str, m: dict) -> str:
