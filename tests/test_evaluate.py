@@ -81,7 +81,9 @@ def test_evaluate_writes_table1_figures_and_logs_to_the_model_run(evaluated, wor
     assert run_metrics["eval_test_f_out_c50"] == pytest.approx(rows[-1]["f_out"])
     thresholds = [run_metrics[f"eval_test_z_conf_min_c{c}"] for c in (100, 90, 80, 70, 50)]
     assert thresholds == sorted(thresholds) and thresholds[0] < thresholds[-1]
-    assert "completeness" in capsys.readouterr().out
+    evaluate_job.print_summary(evaluated)
+    printed = capsys.readouterr().out
+    assert "completeness  cut on zConf" in printed and "recalibration (fitted on validation" in printed
 
 
 def test_rerun_replaces_the_report(evaluated, workdir):

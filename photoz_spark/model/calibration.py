@@ -167,10 +167,11 @@ class MixtureCalibration:
 
     def apply(self, w, mu, sigma) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The calibrated mixtures (w', mu', sigma') [N, K] of raw ones (torch, any device and float dtype)."""
-        as_t = lambda v: torch.as_tensor(v, dtype=mu.dtype, device=mu.device)
+        def as_t(values):
+            return torch.as_tensor(values, dtype=mu.dtype, device=mu.device)
+
         return _transform(w, mu, sigma, as_t(self.nodes), torch.log(as_t(self.scale)), as_t(self.shift),
                           torch.log(as_t(self.temperature)))
-
 
     def apply_numpy(self, w, mu, sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``apply`` to one object's (or [N, K]) numpy arrays, in float64."""
