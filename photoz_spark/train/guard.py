@@ -21,8 +21,9 @@ from pathlib import Path
 from photoz_spark.errors import InputError
 
 FINGERPRINT_FILE = "fingerprint.json"
-RUN_ONLY_KEYS = frozenset({"resume", "use_gpu", "backend", "num_processes", "recalibrate", "calibration_knots",
-                           "patience", "train_rows", "recipe"})  # recipe: its resolved values are compared
+RUN_ONLY_KEYS = frozenset({"resume", "use_gpu", "backend", "num_processes", "recalibrate", "recalibration",
+                           "calibration_knots", "calibration_nodes", "patience", "train_rows",
+                           "recipe"})  # recipe: its resolved values are compared
 
 
 def fingerprint(cfg: dict, model_cfg: dict, layout: dict, stats: dict, counts: dict) -> dict:
