@@ -8,10 +8,12 @@ ablation all open it through ``FeaturesCatalog``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
@@ -69,3 +71,49 @@ class FeaturesCatalog:
     def id_splits(self):
         """The (id, split) columns of every row, for comparing split assignments."""
         return self.dataset.to_table(columns=["id", "split"])
+
+    def row_groups(self) -> list:
+        """The dataset's row groups as pyarrow fragments, in the dataset's row order (files, then
+        row groups): the unit a training rank reads. Footers only, no data."""
+        return [group for fragment in self.dataset.get_fragments() for group in fragment.split_by_row_group()]
+
+    @staticmethod
+    def split_counts(groups: list, split: str, indices: Sequence[int]) -> np.ndarray:
+        """Rows of ``split`` in the row groups ``indices`` of ``groups`` (0 for the others): reads
+        only the ``split`` column of those row groups."""
+        counts = np.zeros(len(groups), np.int64)
+        for i in indices:
+            counts[i] = groups[i].count_rows(filter=pc.field("split") == split)
+        return counts
+
+    def read_shard(self, groups: list, slices: list[tuple[int, int, int]], split: str,
+                   columns: list[str]) -> pa.Table:
+        """The rows ``slices`` (``shard_slices``) of ``split``: only the row groups they name are read."""
+        parts = [groups[g].to_table(columns=columns, filter=pc.field("split") == split).slice(lo, hi - lo)
+                 for g, lo, hi in slices]
+        if not parts:
+            return self.dataset.schema.empty_table().select(columns)
+        return pa.concat_tables(parts)
+
+
+def shard_slices(counts: Sequence[int], rank: int, world: int) -> list[tuple[int, int, int]]:
+    """Which rows of a split ``rank`` of ``world`` reads: the contiguous range
+    [rank * n, (rank + 1) * n) of the split's rows in dataset order, n = rows // world (every
+    rank gets as many rows: DDP needs equal step counts; the last rows // world remainder is dropped).
+
+    Args:
+        counts: the split's rows in each row group, in dataset order.
+        rank, world: this rank and the number of ranks.
+
+    Returns:
+        (row group, first, end) triples, offsets among that row group's rows of the split.
+    """
+    n = int(sum(counts)) // world
+    lo, hi = rank * n, (rank + 1) * n
+    slices, offset = [], 0
+    for group, count in enumerate(counts):
+        first, end = max(lo, offset), min(hi, offset + int(count))
+        if end > first:
+            slices.append((group, first - offset, end - offset))
+        offset += int(count)
+    return slices

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -31,8 +31,9 @@ import pyarrow.compute as pc
 import torch
 
 from photoz_spark.config import ConfigError
+from photoz_spark.errors import InputError
 from photoz_spark.features.build import list_matrix
-from photoz_spark.features.catalog import STATS_FILE, FeaturesCatalog, read_contract_file
+from photoz_spark.features.catalog import STATS_FILE, FeaturesCatalog, read_contract_file, shard_slices
 from photoz_spark.features.stats import standardise
 
 COLUMNS = ["features", "observed", "z_spec", "split"]
@@ -68,12 +69,25 @@ class Feed(Protocol):
 
 
 class ArrowFeed:
-    """Reads one split of a features dataset with pyarrow.dataset, sharded evenly by rank."""
+    """Reads one split of a features dataset with pyarrow.dataset, sharded evenly by rank.
 
-    def __init__(self, features_dir: str | Path):
+    A rank reads only its share: the split's rows are counted per row group (each rank counts
+    the ``split`` column of every ``world``-th row group and ``reduce`` sums the counts over the
+    ranks), and the rank then reads just the row groups holding its contiguous range of rows
+    (``features.catalog.shard_slices``). Without ``reduce`` a rank counts every row group itself.
+    """
+
+    def __init__(self, features_dir: str | Path, reduce: Callable[[np.ndarray], np.ndarray] | None = None):
+        """Args:
+            features_dir: the features catalog.
+            reduce: a collective sum over the ranks (under DDP, an all-reduce), called by every
+                rank in the same order; None: counts are computed locally (and no rank waits).
+        """
         self.features_dir = Path(features_dir)
-        catalog = FeaturesCatalog(self.features_dir)
-        self.layout, self.stats, self.dataset = catalog.layout, catalog.stats, catalog.dataset
+        self.catalog = FeaturesCatalog(self.features_dir)
+        self.layout, self.stats, self.dataset = self.catalog.layout, self.catalog.stats, self.catalog.dataset
+        self.reduce = reduce
+        self._groups: list | None = None
         self._train: dict[tuple[int, int], FeatureData] = {}
 
     @property
@@ -83,33 +97,70 @@ class ArrowFeed:
     def count(self, split: str) -> int:
         return self.dataset.count_rows(filter=pc.field("split") == split)
 
-    def load(self, split: str, rank: int = 0, world: int = 1) -> FeatureData:
-        """The split's rows for ``rank`` of ``world``: equal sizes (the remainder is dropped)."""
-        table = self.dataset.to_table(columns=COLUMNS[:3], filter=pc.field("split") == split)
-        n = len(table) // world if world > 1 else len(table)
-        table = table.slice(rank * n, n)
+    def _sum(self, values: np.ndarray, world: int) -> np.ndarray:
+        return self.reduce(values) if self.reduce is not None and world > 1 else values
+
+    def load(self, split: str, rank: int = 0, world: int = 1, check: bool = False) -> FeatureData:
+        """The split's rows for ``rank`` of ``world``: equal sizes (the remainder is dropped),
+        the same rows as slicing the whole split; only this rank's row groups are read.
+
+        Raises:
+            InputError: ``check`` and a rank's rows hold NaN/inf (every rank raises the same line).
+        """
+        if self._groups is None:
+            self._groups = self.catalog.row_groups()
+        groups = self._groups
+        mine = range(rank, len(groups), world) if self.reduce is not None and world > 1 else range(len(groups))
+        counts = self._sum(self.catalog.split_counts(groups, split, mine), world)
+        table = self.catalog.read_shard(groups, shard_slices(counts, rank, world), split, COLUMNS[:3])
         observed = list_matrix(table["observed"], self.layout["n_steps"], bool)
         raw = list_matrix(table["features"], self.width, np.float32)
         feats = standardise(raw, observed, self.stats)
-        return FeatureData(torch.from_numpy(feats), torch.from_numpy(observed),
+        data = FeatureData(torch.from_numpy(feats), torch.from_numpy(observed),
                            torch.from_numpy(table["z_spec"].to_numpy().astype(np.float32)))
+        if check:
+            bad = int(self._sum(np.array([count_not_finite(data)], np.int64), world)[0])
+            if bad:
+                raise InputError(not_finite_message(bad, split))
+        return data
+
+    def train_data(self, rank: int, world: int) -> FeatureData:
+        """This rank's training shard, read (and checked for NaN/inf) once."""
+        if (rank, world) not in self._train:
+            self._train[(rank, world)] = self.load("train", rank, world, check=True)
+        return self._train[(rank, world)]
 
     def train_batches(self, epoch: int, rank: int, world: int, batch_size: int, seed: int) -> Iterable[Batch]:
-        if (rank, world) not in self._train:  # read once, reshuffled every epoch
-            self._train[(rank, world)] = self.load("train", rank, world)
-        return epoch_batches(self._train[(rank, world)], batch_size, epoch, seed)
+        return epoch_batches(self.train_data(rank, world), batch_size, epoch, seed)  # reshuffled every epoch
 
     def eval_data(self, split: str, rank: int = 0, world: int = 1) -> FeatureData:
-        return self.load(split, rank, world)
+        return self.load(split, rank, world, check=True)
+
+    def stream(self, split: str, batch_size: int = 8192) -> Iterator[Batch]:
+        """The whole split as standardised batches, read as they are used (the driver's evaluation:
+        it never holds a split's features)."""
+        for raw, observed, z in self.catalog.batches(split, batch_size):
+            yield (torch.from_numpy(standardise(raw, observed, self.stats)), torch.from_numpy(observed),
+                   torch.from_numpy(z))
 
     def close(self) -> None:
         self._train.clear()
 
 
+def count_not_finite(data: FeatureData) -> int:
+    """Rows whose standardised features or z are NaN/inf."""
+    bad = ~torch.isfinite(data.features).all(dim=1) | ~torch.isfinite(data.z)
+    return int(bad.sum())
+
+
+def not_finite_message(rows: int, split: str) -> str:
+    """The one line a rank raises (and the driver relays) for NaN/inf rows."""
+    return (f"{rows} rows of the {split} split hold NaN/inf after standardisation; rebuild the features")
+
+
 def epoch_batches(data: FeatureData, batch_size: int, epoch: int, seed: int = 0, shuffle: bool = True):
     """Batches of one epoch: a seeded permutation, full batches only (same count on every rank)."""
-    order = (torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-             if shuffle else torch.arange(len(data)))
+    order = epoch_order(len(data), epoch, seed) if shuffle else torch.arange(len(data))
     for start in range(0, len(data) - batch_size + 1, batch_size):
         idx = order[start:start + batch_size]
         yield data.features[idx], data.observed[idx], data.z[idx]
@@ -185,10 +236,14 @@ class PetastormFeed:
         for converter in self.converters.values():
             converter.delete()
 
-    def _standardised(self, batch: dict) -> Batch:
+    def _standardised(self, batch: dict, split: str = "train") -> Batch:
         observed = batch["observed"].numpy().astype(bool)  # petastorm hands bools over as uint8
         feats = standardise(batch["features"].numpy(), observed, self.stats)
-        return torch.from_numpy(feats), torch.from_numpy(observed), batch["z_spec"].float()
+        out = torch.from_numpy(feats), torch.from_numpy(observed), batch["z_spec"].float()
+        bad = count_not_finite(FeatureData(*out))
+        if bad:  # the stream is read as it trains: checked batch by batch (a rank's error ends them all)
+            raise InputError(not_finite_message(bad, split) + " (in one batch)")
+        return out
 
     def train_batches(self, epoch: int, rank: int, world: int, batch_size: int, seed: int) -> Iterable[Batch]:
         steps = (len(self.converters["train"]) // world) // batch_size
@@ -209,7 +264,7 @@ class PetastormFeed:
         with self.converters[split].make_torch_dataloader(
                 batch_size=self.EVAL_BATCH, num_epochs=1, workers_count=1, shuffle_row_groups=False,
                 data_loader_fn=loader_cls) as loader:
-            parts = [self._standardised(batch) for batch in loader]
+            parts = [self._standardised(batch, split) for batch in loader]
         features, observed, z = (torch.cat(column) for column in zip(*parts))
         n = len(z) // world
         return FeatureData(features[rank * n:(rank + 1) * n], observed[rank * n:(rank + 1) * n],
@@ -219,3 +274,125 @@ class PetastormFeed:
         if self._loader is not None:
             self._loader.__exit__(None, None, None)
         self._loader = self._stream = None
+
+
+# --- placing a rank's training shard on its device ---------------------------------------------
+
+DEVICE_SHARE = 0.5   # a shard goes to the GPU whole if it takes at most this share of the free memory
+PREFETCH_BATCHES = 4
+
+
+def placement(shard_bytes: int, device_type: str, free_bytes: int | None) -> str:
+    """Where a rank's training shard lives while it trains.
+
+    Args:
+        shard_bytes: the shard's tensors' size.
+        device_type: ``cpu`` or ``cuda``.
+        free_bytes: free device memory (None: unknown).
+
+    Returns:
+        ``device``: moved once to the GPU, permuted and indexed there every epoch (no host work per
+        step); ``pinned``: batches gathered on the host by a background thread into pinned memory
+        (asynchronous copies), when the shard does not fit; ``host``: plain batches (CPU training).
+    """
+    if device_type != "cuda":
+        return "host"
+    if free_bytes is not None and shard_bytes <= DEVICE_SHARE * free_bytes:
+        return "device"
+    return "pinned"
+
+
+def shard_bytes(data: FeatureData) -> int:
+    return sum(t.element_size() * t.nelement() for t in (data.features, data.observed, data.z))
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> torch.Tensor:
+    """The permutation of an epoch: seeded on the CPU, so every placement takes the same batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def device_epochs(data: FeatureData, device: torch.device, batch_size: int, seed: int) -> Callable[[int], Iterator]:
+    """``epoch -> batches`` of a shard moved once to ``device``: each epoch only the permutation is
+    copied, and the batches are gathered on the device (the same batches as ``epoch_batches``)."""
+    on_device = FeatureData(*(t.to(device) for t in (data.features, data.observed, data.z)))
+
+    def batches(epoch: int) -> Iterator[Batch]:
+        order = epoch_order(len(on_device), epoch, seed).to(device, non_blocking=True)
+        for start in range(0, len(on_device) - batch_size + 1, batch_size):
+            idx = order[start:start + batch_size]
+            yield on_device.features[idx], on_device.observed[idx], on_device.z[idx]
+
+    return batches
+
+
+def prefetched(batches: Iterable[Batch], depth: int = PREFETCH_BATCHES, pin: bool = False) -> Iterator[Batch]:
+    """``batches`` produced by a background thread, ``depth`` ahead (pinned when ``pin``), so the
+    host gathers the next batches while the device computes. Same batches, same order; an error in
+    the thread is raised here; closing the iterator stops the thread."""
+    import queue
+    import threading
+
+    done, stop = object(), threading.Event()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for batch in batches:
+                if not put(tuple(t.pin_memory() for t in batch) if pin else batch):
+                    return
+            put(done)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            put(err)
+
+    thread = threading.Thread(target=produce, name="photoz-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def epoch_source(feed, rank: int, world: int, batch_size: int, seed: int, device: torch.device,
+                 how: str | None = None) -> tuple[Callable[[int], Iterable[Batch]], str]:
+    """``epoch -> batches`` for a rank, fed the fastest way the device allows (``placement``).
+
+    Args:
+        feed: an ArrowFeed (its shard is placed) or another Feed (streamed, prefetched on a GPU).
+        rank, world, batch_size, seed: as ``Feed.train_batches`` (batch_size per rank).
+        device: the rank's device.
+        how: force a placement (tests, benchmarks); None: decided from the shard and free memory.
+
+    Returns:
+        (the epoch function, the placement used).
+    """
+    if not isinstance(feed, ArrowFeed):
+        how = how or ("pinned" if device.type == "cuda" else "host")
+        if how == "host":
+            return (lambda e: feed.train_batches(e, rank, world, batch_size, seed)), how
+        return (lambda e: prefetched(feed.train_batches(e, rank, world, batch_size, seed),
+                                     pin=device.type == "cuda")), how
+    data = feed.train_data(rank, world)
+    if how is None:
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+        how = placement(shard_bytes(data), device.type, free)
+    if how == "device":
+        return device_epochs(data, device, batch_size, seed), how
+    if how == "pinned":
+        return (lambda e: prefetched(epoch_batches(data, batch_size, e, seed), pin=device.type == "cuda")), how
+    return (lambda e: epoch_batches(data, batch_size, e, seed)), how

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,12 +83,28 @@ def validate(cfg: dict, layout: dict, stats: dict, counts: dict) -> None:
             "stats.json has a zero or non-finite std: a band has no variation in the training split")
 
 
-def check_finite(data, split: str) -> None:
-    """NaN or inf in standardised features or z would poison training: stop before it starts."""
-    bad = ~np.isfinite(data.features.numpy()).all(axis=1) | ~np.isfinite(data.z.numpy())
-    if bad.any():
-        raise InputError(f"{int(bad.sum())} rows of the {split} split hold NaN/inf after standardisation; "
-                         "rebuild the features")
+def rank_sum(device) -> Callable[[np.ndarray], np.ndarray]:
+    """A collective sum of an int64 array over the DDP ranks (``ArrowFeed``'s ``reduce``)."""
+    import torch
+    from torch import distributed as dist
+
+    def reduce(values: np.ndarray) -> np.ndarray:
+        total = torch.from_numpy(np.ascontiguousarray(values, np.int64)).to(device)
+        dist.all_reduce(total)
+        return total.cpu().numpy()
+
+    return reduce
+
+
+def rank_error_file(out_dir: Path, rank: int) -> Path:
+    """Where a rank leaves its one-line input error for the driver to relay."""
+    return out_dir / f"rank-{rank}.error"
+
+
+def relay_rank_error(out_dir: Path) -> None:
+    """Raise the ranks' one-line input error (NaN/inf in a split...) on the driver, if one was left."""
+    for path in sorted(out_dir.glob("rank-*.error")):
+        raise InputError(path.read_text().strip())
 
 
 def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_gpu: bool, feed=None,
@@ -99,8 +116,9 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
     import torch
     from torch import distributed as dist
 
+    from photoz_spark.errors import UserError
     from photoz_spark.model import BiLSTMMDN
-    from photoz_spark.train.feeding import ArrowFeed, eval_batches
+    from photoz_spark.train.feeding import ArrowFeed, epoch_source, eval_batches
     from photoz_spark.train.loop import train
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -108,11 +126,22 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
     if world > 1:
         dist.init_process_group("nccl" if use_gpu else "gloo")
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_gpu else "cpu")
-    if not use_gpu:
+    if use_gpu:
+        torch.cuda.set_device(device)  # nccl's collectives (the feed's counts) run on this rank's GPU
+    else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    feed = ArrowFeed(features_dir) if feed is None else feed
-    val_data = feed.eval_data("validation", rank, world)
     settings = settings_from(cfg)
+    batch = rank_batch(settings.batch_size, world)  # batch_size is global: world ranks step together on it
+    # Each rank reads only its row groups of each split and checks them (the driver reads no split).
+    feed = ArrowFeed(features_dir, reduce=rank_sum(device) if world > 1 else None) if feed is None else feed
+    try:
+        val_data = feed.eval_data("validation", rank, world)
+        epochs, placed = epoch_source(feed, rank, world, batch, settings.seed, device)
+    except UserError as err:  # every rank raises it (collective check): the driver relays the line
+        rank_error_file(out, rank).write_text(str(err))
+        raise
+    if rank == 0:
+        print(f"rank training shard: {placed}", flush=True)
     torch.manual_seed(settings.seed)  # the initial weights: each rank process starts with a random torch seed
     model = BiLSTMMDN(ModelConfig(**model_cfg))
 
@@ -134,11 +163,9 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
             print(f"epoch {record['epoch']:4d}  train NLL {record['train_loss']:8.4f}  val NLL {record['val_loss']:8.4f}"
                   f"  lr {record['lr']:.1e}  {line['samples_per_s']:9,.0f} samples/s", flush=True)
 
-    batch = rank_batch(settings.batch_size, world)  # batch_size is global: world ranks step together on it
     steps = (int(cfg.get("train_rows", 0)) // world) // batch or None
     try:
-        result = train(model, lambda e: feed.train_batches(e, rank, world, batch, settings.seed),
-                       lambda: eval_batches(val_data), settings, device=device,
+        result = train(model, epochs, lambda: eval_batches(val_data), settings, device=device,
                        checkpoint=out / "checkpoint.pt" if cfg["resume"] else None, on_epoch=on_epoch,
                        steps_per_epoch=steps)
     finally:
@@ -231,7 +258,7 @@ def run_distributed(spark, features_dir: Path, out_dir: Path, cfg: dict, model_c
     if plan.note:
         print(plan.note, flush=True)
     use_gpu, ranks = plan.use_gpu, plan.num_processes
-    for stale in out_dir.glob("rank-*.status"):
+    for stale in [*out_dir.glob("rank-*.status"), *out_dir.glob("rank-*.error")]:
         stale.unlink()
     distributor = TorchDistributor(num_processes=ranks, local_mode=local_mode, use_gpu=use_gpu)
     error = None
@@ -242,6 +269,7 @@ def run_distributed(spark, features_dir: Path, out_dir: Path, cfg: dict, model_c
     # Local mode may ignore a child's exit code: each rank proves it finished with a status file.
     missing = [r for r in range(ranks) if not (out_dir / f"rank-{r}.status").is_file()]
     if missing or result is None:
+        relay_rank_error(out_dir)
         raise RuntimeError(f"training ranks {missing or 'all'} did not finish: see the output above; "
                            f"the last checkpoint in {out_dir} lets a rerun resume") from error
     return {**result, "use_gpu": use_gpu, "local_mode": local_mode, "num_processes": ranks}
@@ -257,7 +285,8 @@ def clean_run_dir(out_dir: Path) -> None:
 
 
 def evaluate_split(model, data, calibration=None, keep_mixture: bool = False) -> tuple[dict, dict]:
-    """Point and CRPS metrics of ``model`` on one split's FeatureData, plus the per-object arrays.
+    """Point and CRPS metrics of ``model`` on one split (a FeatureData, or an iterable of batches
+    such as ``ArrowFeed.stream``), plus the per-object arrays.
 
     The metrics are those of the network's own PDFs; with a ``calibration`` the arrays also hold
     the recalibrated PDFs' z_phot, CRPS, PIT and zConf (``cal_*``, see ``model.scores.object_scores``).
@@ -268,12 +297,13 @@ def evaluate_split(model, data, calibration=None, keep_mixture: bool = False) ->
     from photoz_spark.metrics import point_metrics
     from photoz_spark.model import mixture
     from photoz_spark.model.scores import concat_scores, object_scores
-    from photoz_spark.train.feeding import eval_batches
+    from photoz_spark.train.feeding import FeatureData, eval_batches
 
     model.eval()
     parts, kept = [], []
+    batches = eval_batches(data) if isinstance(data, FeatureData) else data
     with torch.inference_mode():
-        for features, observed, z in eval_batches(data):
+        for features, observed, z in batches:
             w, mu, sigma = mixture(*model(features, observed))
             parts.append(object_scores(w, mu, sigma, z, calibration))
             if keep_mixture:
@@ -331,9 +361,7 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
     counts = {s: feed.count(s) for s in ("train", "validation", "test")}
     validate(cfg, feed.layout, feed.stats, counts)
     cfg["train_rows"] = counts["train"]  # the ranks' steps per epoch, for warm-up and cosine schedules
-    check_finite(feed.load("train"), "train")
-    splits = {"validation": feed.load("validation")}  # read once: checked now, evaluated after training
-    check_finite(splits["validation"], "validation")
+    # NaN/inf rows are found by the ranks, each in its shard (train_rank): the driver reads no split.
     uri = reg.tracking_uri(config, workdir)
     model_name = config["mlflow"]["model_name"]
     experiment_id = reg.connect(uri, workdir, config["mlflow"]["experiment"])
@@ -374,9 +402,8 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
         calibration = None
         for split, prefix in (("validation", "val"), ("test", "test")):
             if counts[split]:
-                data = splits[split] if split in splits else feed.load(split)
                 fit_here = split == "validation" and cfg["recalibrate"]
-                m, plots[split] = evaluate_split(model, data, calibration, keep_mixture=fit_here)
+                m, plots[split] = evaluate_split(model, feed.stream(split), calibration, keep_mixture=fit_here)
                 metrics.update({f"{prefix}_{k}": v for k, v in m.items() if k != "n"})
                 if fit_here:
                     # Fitted on the validation split, judged on the test split it never saw.
