@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from photoz_spark.config import ConfigError
@@ -130,3 +131,120 @@ def test_local_mode_torch_distributor_finds_the_driver_gpu(tmp_path):
     # One GPU: one task, and TorchDistributor itself cut the ranks to it (as gpu_plan does first).
     assert out["auto"] == {"num_tasks": 1, "ranks": 1, "addresses": ["0"],
                            "plan_driver_gpu_cpu_host": [False, 2]}  # no CUDA here: the plan stays on CPU
+
+
+# --- training precision (train.autocast), the fp16 gradient scaler and background checkpoints ---
+
+def _tiny_fit(tmp_path, autocast: str, max_epochs: int, name: str = "ckpt.pt", grad_clip: float = 0.0):
+    import torch
+
+    from photoz_spark.model import BiLSTMMDN, ModelConfig
+    from photoz_spark.train.loop import TrainSettings, train
+
+    torch.manual_seed(0)
+    model = BiLSTMMDN(ModelConfig(n_steps=6, hidden1=16, hidden2=8, dense=16, n_components=3))
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(384, generator=g) * 4
+    flux = torch.sin(z[:, None] * (0.7 + 0.1 * torch.arange(6.0)) + torch.arange(6.0))
+    data = (torch.stack([flux, torch.full_like(flux, 0.05)], -1).reshape(384, 12), torch.ones(384, 6, dtype=torch.bool), z)
+
+    def batches(epoch):
+        order = torch.randperm(256, generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, 256, 64):
+            idx = order[i:i + 64]
+            yield data[0][idx], data[1][idx], data[2][idx]
+
+    settings = TrainSettings(max_epochs=max_epochs, lr=3e-3, patience=99, autocast=autocast, grad_clip=grad_clip)
+    val = [(data[0][256:], data[1][256:], data[2][256:])]
+    return train(model, batches, lambda: val, settings, checkpoint=tmp_path / name if tmp_path else None)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("setting, device, bf16, expected", [
+    ("auto", "cpu", False, "none"), ("auto", "cuda", True, "bf16"), ("auto", "cuda", False, "fp16"),
+    ("none", "cuda", True, "none"), ("fp16", "cuda", True, "fp16"), ("bf16", "cpu", False, "bf16"),
+])
+def test_resolve_autocast(setting, device, bf16, expected):
+    from photoz_spark.train.loop import needs_scaler, resolve_autocast
+
+    assert resolve_autocast(setting, device, bf16) == expected
+    assert needs_scaler(expected) == (expected == "fp16")
+
+
+@pytest.mark.unit
+def test_auto_trains_in_fp32_on_cpu_and_refuses_unknown_autocast():
+    from photoz_spark.train.loop import TrainSettings
+
+    assert _tiny_fit(None, "auto", 1).precision == "none"
+    with pytest.raises(ValueError, match="train.autocast must be one of"):
+        TrainSettings(autocast="fp8")
+
+
+@pytest.mark.unit
+def test_mixture_head_runs_in_fp32_under_autocast():
+    import torch
+
+    from photoz_spark.model import BiLSTMMDN, ModelConfig
+
+    model = BiLSTMMDN(ModelConfig(n_steps=6, hidden1=16, hidden2=8, dense=16, n_components=3)).eval()
+    seen = []
+    model.head.register_forward_hook(lambda m, args, out: seen.append((args[0].dtype, out.dtype)))
+    model.dense.register_forward_hook(lambda m, args, out: seen.append(("dense", out.dtype)))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, mu, sigma = model(torch.randn(4, 12), torch.ones(4, 6, dtype=torch.bool))
+    assert ("dense", torch.bfloat16) in seen  # the body is in half precision ...
+    assert (torch.float32, torch.float32) in seen  # ... the head is not
+    assert logits.dtype == mu.dtype == sigma.dtype == torch.float32
+
+
+@pytest.mark.unit
+def test_fp16_with_gradient_scaler_on_cpu_trains_checkpoints_and_resumes(tmp_path, monkeypatch):
+    import torch
+
+    from photoz_spark.train import loop
+
+    # oneDNN has no fp16 LSTM on the CPU: the network computes in bf16 here, while everything
+    # fp16 decides (GradScaler enabled, scaled backward, unscale before clipping, scaler state
+    # checkpointed and restored) runs as on a GPU without bf16.
+    real = loop._autocast
+    monkeypatch.setattr(loop, "_autocast", lambda device, kind: real(device, "bf16" if kind == "fp16" else kind))
+    steps = []
+    real_step = torch.amp.GradScaler.step
+    monkeypatch.setattr(torch.amp.GradScaler, "step", lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k))
+
+    unbroken = _tiny_fit(tmp_path, "fp16", 4, "unbroken.pt", grad_clip=1.0)
+    assert unbroken.precision == "fp16" and len(steps) == 4 * 4  # every step went through the scaler
+    losses = [r["val_loss"] for r in unbroken.history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    saved = torch.load(tmp_path / "unbroken.pt", weights_only=True)
+    assert saved["scaler"]["scale"] > 0 and "_growth_tracker" in saved["scaler"]
+
+    _tiny_fit(tmp_path, "fp16", 2, "killed.pt", grad_clip=1.0)  # "killed" after 2 epochs
+    resumed = _tiny_fit(tmp_path, "fp16", 4, "killed.pt", grad_clip=1.0)
+    assert [r["val_loss"] for r in resumed.history] == pytest.approx(losses)
+    # The scale comes back from the checkpoint: a lowered one stays low after resuming.
+    ckpt = torch.load(tmp_path / "killed.pt", weights_only=True)
+    ckpt["scaler"]["scale"] = 1024.0
+    ckpt["loop"]["epoch"] = 3
+    torch.save(ckpt, tmp_path / "killed.pt")
+    _tiny_fit(tmp_path, "fp16", 4, "killed.pt", grad_clip=1.0)
+    assert torch.load(tmp_path / "killed.pt", weights_only=True)["scaler"]["scale"] <= 1024.0
+
+
+@pytest.mark.unit
+def test_checkpoint_writer_saves_a_copy_in_the_background(tmp_path):
+    import torch
+
+    from photoz_spark.train.loop import CheckpointWriter
+
+    weights = torch.zeros(3)
+    writer = CheckpointWriter(tmp_path / "c.pt")
+    writer.save({"model": {"w": weights}, "loop": {"epoch": 1, "history": [{"a": 1.0}]}})
+    weights += 5  # the next optimizer step changes the tensor in place while the thread writes
+    writer.close()
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert torch.equal(saved["model"]["w"], torch.zeros(3)) and saved["loop"]["epoch"] == 1
+    bad = CheckpointWriter(tmp_path / "missing" / "c.pt")
+    bad.save({"w": weights})
+    with pytest.raises(RuntimeError, match="does not exist"):  # the thread's error, raised on the rank
+        bad.close()

@@ -86,7 +86,10 @@ class BiLSTMMDN(nn.Module):
         x = self.norm1(self.drop(self.lstm1(x)[0]))
         x = self.norm2(self.drop(self.lstm2(x)[0]))
         x = F.relu(self.dense(self.aggregate(x)))
-        logits, mu, raw_sigma = self.head(x).float().chunk(3, dim=-1)  # mixture maths in fp32
+        # The mixture head in fp32 even under autocast: half-precision means/sigmas move z_mean by
+        # ~1e-3, and the loss (mdn.nll) is computed from them in fp32.
+        with torch.autocast(x.device.type, enabled=False):
+            logits, mu, raw_sigma = self.head(x.float()).chunk(3, dim=-1)
         return logits, mu, F.softplus(raw_sigma) + SIGMA_FLOOR
 
 

@@ -39,6 +39,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # features [B, T*C], ob
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("step", "cosine")
 LR_REFERENCE_BATCH = 128          # "linear" lr scaling: lr is the rate at this batch size
+AUTOCASTS = ("auto", "none", "bf16", "fp16")
 
 
 @dataclass
@@ -60,7 +61,7 @@ class TrainSettings:
     grad_clip: float = 0.0        # max global gradient norm; 0 = no clipping
     patience: int = 20            # epochs without validation improvement before stopping
     seed: int = 0
-    autocast: str = "none"        # "bf16" or "fp16" on GPU; mixture maths stays fp32
+    autocast: str = "auto"        # auto | none | bf16 | fp16 (resolve_autocast); mixture head and loss stay fp32
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -69,6 +70,8 @@ class TrainSettings:
             raise ValueError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.lr_scaling not in ("none", "linear"):
             raise ValueError(f"train.lr_scaling must be none or linear, got {self.lr_scaling!r}")
+        if self.autocast not in AUTOCASTS:
+            raise ValueError(f"train.autocast must be one of {', '.join(AUTOCASTS)}, got {self.autocast!r}")
 
     @property
     def peak_lr(self) -> float:
@@ -105,6 +108,7 @@ class TrainResult:
     epochs_run: int
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    precision: str = "none"       # the autocast the network trained in (resolve_autocast)
 
 
 def _distributed() -> bool:
@@ -113,6 +117,36 @@ def _distributed() -> bool:
 
 def _rank() -> int:
     return dist.get_rank() if _distributed() else 0
+
+
+def resolve_autocast(setting: str, device_type: str, bf16_supported: bool) -> str:
+    """The network's training precision for ``train.autocast``.
+
+    Args:
+        setting: auto | none | bf16 | fp16.
+        device_type: ``cpu`` or ``cuda``.
+        bf16_supported: the GPU computes in bfloat16 (``torch.cuda.is_bf16_supported()``).
+
+    Returns:
+        ``none`` (fp32), ``bf16`` or ``fp16``. auto: fp32 on CPU (half autocast is slower there),
+        bf16 on GPUs that have it (no loss scaling needed), else fp16 (with ``needs_scaler``).
+    """
+    if setting != "auto":
+        return setting
+    if device_type != "cuda":
+        return "none"
+    return "bf16" if bf16_supported else "fp16"
+
+
+def needs_scaler(precision: str) -> bool:
+    """fp16 gradients underflow without loss scaling (torch.amp.GradScaler); bf16 and fp32 do not."""
+    return precision == "fp16"
+
+
+def device_precision(settings: TrainSettings, device: torch.device) -> str:
+    """``resolve_autocast`` for ``device``."""
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return resolve_autocast(settings.autocast, device.type, bf16)
 
 
 def _autocast(device: torch.device, kind: str):
@@ -144,6 +178,55 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)  # atomic: a kill mid-save leaves the previous checkpoint
 
 
+def to_cpu(obj):
+    """A copy of a (nested) state with every tensor copied to the CPU: the device keeps training
+    (and the optimizer updates its tensors in place) while a thread writes the copy."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread, one at a time, so an epoch does not wait for the
+    disk: ``save`` copies the state to the CPU (the only part the epoch waits for) and returns;
+    the next ``save`` or ``close`` waits for the previous write and raises its error, if any."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._thread = None
+        self._error: BaseException | None = None
+
+    def save(self, state: dict) -> None:
+        snapshot = to_cpu(state)
+        self.wait()
+
+        def write():
+            try:
+                _save_checkpoint(self.path, snapshot)
+            except BaseException as err:  # noqa: BLE001 - raised by the next wait()
+                self._error = err
+                return
+            faults.point("train.checkpoint")  # tests: killed mid-training, a checkpoint behind it
+
+        import threading
+        self._thread = threading.Thread(target=write, name="photoz-checkpoint", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    close = wait
+
+
 def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
     """Adam or AdamW at the recipe's peak rate (the schedule rescales it every step)."""
     kind = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
@@ -172,24 +255,44 @@ def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
         TrainResult with the best weights (lowest validation NLL), restored into ``model`` too.
     """
     device = torch.device(device)
+    checkpoint = Path(checkpoint) if checkpoint else None
     torch.manual_seed(settings.seed)
     model.to(device)
     net = torch.nn.parallel.DistributedDataParallel(model) if _distributed() else model
     opt = make_optimizer(model, settings)
+    precision = device_precision(settings, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler(precision))
     state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": [],
              "best_state": copy.deepcopy(model.state_dict())}
-    checkpoint = Path(checkpoint) if checkpoint else None
     if checkpoint and checkpoint.is_file():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
+        if saved.get("scaler"):  # the loss scale reached so far (fp16); older checkpoints have none
+            scaler.load_state_dict(saved["scaler"])
         state = saved["loop"]
-    stopped = False
+    writer = CheckpointWriter(checkpoint) if checkpoint and _rank() == 0 else None
+    try:
+        stopped = _epochs(net, model, opt, scaler, state, train_batches, val_batches, settings, device, precision,
+                          writer, on_epoch, steps_per_epoch)
+    finally:
+        if writer is not None:
+            writer.close()
+    model.load_state_dict(state["best_state"])
+    return TrainResult(best_state=state["best_state"], best_epoch=state["best_epoch"],
+                       best_val_loss=state["best_val_loss"], epochs_run=state["epoch"],
+                       history=state["history"], stopped_early=stopped, precision=precision)
+
+
+def _epochs(net, model, opt, scaler, state, train_batches, val_batches, settings, device, precision,
+            writer, on_epoch, steps_per_epoch) -> bool:
+    """The epochs of ``train`` from ``state`` on; True when early stopping ended them."""
     while state["epoch"] < settings.max_epochs:
         epoch = state["epoch"]
         torch.manual_seed(settings.seed + epoch)  # per-epoch seed: a resumed run equals an unbroken one
-        record = _run_epoch(net, opt, train_batches(epoch), device, settings, epoch, steps_per_epoch)
-        record["val_loss"] = evaluate_loss(net, val_batches(), device, settings.autocast)
+        record = _run_epoch(net, opt, train_batches(epoch), device, settings, epoch, steps_per_epoch,
+                            precision, scaler)
+        record["val_loss"] = evaluate_loss(net, val_batches(), device, precision)
         record["epoch"] = epoch
         state["history"].append(record)
         if record["val_loss"] < state["best_val_loss"]:
@@ -198,22 +301,18 @@ def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        if checkpoint and _rank() == 0:
-            _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(), "loop": state})
-            faults.point("train.checkpoint")  # tests: killed mid-training, a checkpoint behind it
+        if writer is not None:
+            writer.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                         "loop": state})
         if on_epoch:
             on_epoch(record)
         if state["bad_epochs"] >= settings.patience:
-            stopped = True
-            break
-    model.load_state_dict(state["best_state"])
-    return TrainResult(best_state=state["best_state"], best_epoch=state["best_epoch"],
-                       best_val_loss=state["best_val_loss"], epochs_run=state["epoch"],
-                       history=state["history"], stopped_early=stopped)
+            return True
+    return False
 
 
 def _run_epoch(net, opt, batches: Iterable[Batch], device, settings: TrainSettings, epoch: int,
-               steps_per_epoch: int | None) -> dict:
+               steps_per_epoch: int | None, precision: str = "none", scaler=None) -> dict:
     net.train()
     t0, n_seen = time.perf_counter(), 0
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -224,14 +323,11 @@ def _run_epoch(net, opt, batches: Iterable[Batch], device, settings: TrainSettin
             group["lr"] = lr
         features, observed, z = (features.to(device, non_blocking=True), observed.to(device, non_blocking=True),
                                  z.to(device, non_blocking=True))
-        with _autocast(device, settings.autocast):
+        with _autocast(device, precision):
             logits, mu, sigma = net(features, observed)
         loss = mdn.nll(logits, mu, sigma, z.float()).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
-        opt.step()
+        _step(loss, net, opt, scaler, settings.grad_clip)
         total += loss.detach().double() * len(z)
         n_seen += len(z)
     if not torch.isfinite(total):  # checked once per epoch: a per-step check would sync the GPU
@@ -239,3 +335,21 @@ def _run_epoch(net, opt, batches: Iterable[Batch], device, settings: TrainSettin
     seconds = time.perf_counter() - t0
     return {"train_loss": float(total) / max(n_seen, 1), "seconds": seconds, "lr": lr,
             "samples_per_s": n_seen / seconds if seconds > 0 else 0.0}
+
+
+def _step(loss, net, opt, scaler, grad_clip: float) -> None:
+    """backward + (clip) + optimizer step, through the GradScaler when it is enabled (fp16): the
+    loss is scaled up so small gradients survive fp16, unscaled before clipping, and a step whose
+    gradients overflowed is skipped (the scale then shrinks)."""
+    if scaler is None or not scaler.is_enabled():
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        opt.step()
+        return
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()

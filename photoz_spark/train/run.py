@@ -56,7 +56,8 @@ def validate(cfg: dict, layout: dict, stats: dict, counts: dict) -> None:
     """Refuse before any training: wrong layout for the band set, empty splits, bad settings."""
     require(cfg["backend"] in ("arrow", "petastorm"), f"train.backend must be arrow or petastorm, got {cfg['backend']!r}")
     require(cfg["use_gpu"] in ("auto", True, False), f"train.use_gpu must be auto, true or false, got {cfg['use_gpu']!r}")
-    require(cfg["autocast"] in ("none", "bf16", "fp16"), f"train.autocast must be none, bf16 or fp16, got {cfg['autocast']!r}")
+    require(cfg["autocast"] in ("auto", "none", "bf16", "fp16"),
+            f"train.autocast must be auto, none, bf16 or fp16, got {cfg['autocast']!r}")
     for key in ("num_processes", "max_epochs", "batch_size", "patience", "lr_step_epochs", "ensemble"):
         require(cfg[key] >= 1, f"train.{key} must be >= 1, got {cfg[key]}")
     require(cfg["lr"] > 0, "train.lr must be > 0")
@@ -176,7 +177,8 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+    return {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss, "precision": result.precision,
+            "feeding": placed,
             "epochs_run": result.epochs_run, "stopped_early": result.stopped_early}
 
 
