@@ -14,6 +14,11 @@
    Rows/s of a first task (model load and precision check included) and of a warm one (the
    worker's model cache is reused, as Spark reuses Python workers), the precision chosen.
 
+The table also says which training precision (``train.autocast=auto``: bf16, fp16 + scaler or
+fp32) and feeding (shard on the device, pinned prefetch or host) the rank chose, and whether the
+scoring task overlapped reading, scoring and writing; ``bench/device_paths.py`` measures each of
+those against its plain twin.
+
 Device utilisation is sampled every 0.2 s with ``torch.cuda.utilization`` (needs pynvml; else n/a).
 Prints one table; exits non-zero when the rows scored differ from the rows read.
 """
@@ -204,7 +209,8 @@ def score_pixel_file(model_dir: Path, source: Path, out: Path, device: str, prec
     schema_ok = pq.read_schema(next(out.rglob("*.parquet"))).names == scored_schema(
         hats.read_schema(source), keep).names
     return {"passes": passes, "rows_written": written, "precision": ",".join(chosen), "checks": checks.results,
-            "schema_ok": schema_ok, "device": runtime.task_device()}
+            "schema_ok": schema_ok, "device": runtime.task_device(),
+            "overlap": runtime.overlaps(runtime.task_device())}
 
 
 def run_job_path(args) -> int:
@@ -243,9 +249,12 @@ def run_job_path(args) -> int:
         print(f"{'train b' + str(r['batch']) + f' s to val NLL {target:.3f}':<34} "
               f"{'not reached' if reach is None else f'{reach:.1f}':>14}  "
               f"{'checkpoint ok' if r['checkpoint'] else 'NO CHECKPOINT':>11}")
+        print(f"{'train b' + str(r['batch']) + ' precision, feeding':<34} "
+              f"{r['result'].get('precision', '?') + ', ' + r['result'].get('feeding', '?'):>14}")
     for p in scored["passes"]:
         print(f"{'score ' + p['task'] + ' rows/s':<34} {p['rows_per_s']:>14,.0f}  {util(p['utilisation']):>11}")
     print(f"{'score precision chosen':<34} {scored['precision']:>14}  {scored['device']:>11}")
+    print(f"{'score read/score/write overlap':<34} {'on' if scored['overlap'] else 'off':>14}")
     for check in scored["checks"]:
         print(f"  precision check {check['precision']}: p{100 * 0.99:.0f} |dz_mean| {check['dz_quantile']:.1e}, "
               f"max {check['dz_max']:.1e} -> {'kept' if check['passed'] else 'fp32'}")

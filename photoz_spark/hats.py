@@ -569,7 +569,7 @@ def _within(npix: int, order: int, source_npix: int, source_order: int) -> bool:
 
 def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator[pa.RecordBatch]], *,
                schema: pa.Schema, catalog_name: str, order: int | None = None,
-               task_order: int | None = None, extra_properties: dict | None = None) -> dict:
+               task_order: int | None = None, extra_properties: dict | None = None, profile=None) -> dict:
     """Write a catalog whose every pixel is computed from the same sky area of ``source``: no shuffle.
 
     One Spark task per source pixel (or per pixel at ``task_order``, or per output pixel if
@@ -592,6 +592,8 @@ def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator
         task_order: group the source pixels of each pixel at this (coarser) order into one task;
             None: one task per source pixel.
         extra_properties: more ``properties`` keys (may not override computed ones).
+        profile: a Spark ResourceProfile for the tasks (stage-level scheduling: e.g. a fraction of
+            a GPU per scoring task); None: the session's defaults.
 
     Returns:
         Summary dict: path, n_rows, n_partitions, order, n_row_groups, stats (summed over tasks).
@@ -614,7 +616,7 @@ def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator
         frame = spark.sparkContext.parallelize(tasks, len(tasks)).toDF("Npix long, files string")
         mapper = _executor_pixel_mapper(str(catalog / DATASET_DIR), str(dataset_dir), source_order, out_order,
                                         process)
-        return _collect_reports(frame.mapInArrow(mapper, _TASK_DDL).collect())
+        return _collect_reports(frame.mapInArrow(mapper, _TASK_DDL, profile=profile).collect())
 
     return _write_catalog(path, write_pixels, order=out_order, ra_col=ra_col, dec_col=dec_col,
                           catalog_name=catalog_name, extra_properties=extra_properties,
@@ -642,7 +644,7 @@ def _counted(batches: Iterator[pa.RecordBatch], count, stats: dict) -> Iterator[
 def map_hats(spark, source, path, fn: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]], *,
              columns: list[str], schema: pa.Schema, catalog_name: str, batch_size: int = 65_536,
              extra_properties: dict | None = None,
-             count: Callable[[pa.RecordBatch], dict[str, int]] | None = None) -> dict:
+             count: Callable[[pa.RecordBatch], dict[str, int]] | None = None, profile=None) -> dict:
     """Write a catalog whose every pixel is ``fn`` of the same pixel of ``source``: no shuffle.
 
     ``map_pixels`` with one task per source pixel that reads its file with pyarrow in batches
@@ -662,6 +664,7 @@ def map_hats(spark, source, path, fn: Callable[[Iterator[pa.RecordBatch]], Itera
         extra_properties: more ``properties`` keys (may not override computed ones).
         count: runs on the executors for every output batch; the integers it returns are summed
             over all tasks into the summary's ``stats`` (so the driver never reads the output back).
+        profile: the tasks' Spark ResourceProfile (see ``map_pixels``).
 
     Returns:
         Summary dict: path, n_rows, n_partitions, order, n_row_groups, stats.
@@ -674,7 +677,7 @@ def map_hats(spark, source, path, fn: Callable[[Iterator[pa.RecordBatch]], Itera
     if missing:
         raise ValueError(f"{catalog} lacks columns {', '.join(missing)}")
     return map_pixels(spark, catalog, path, _pixel_file_reader(fn, list(columns), batch_size, count), schema=schema,
-                      catalog_name=catalog_name, extra_properties=extra_properties)
+                      catalog_name=catalog_name, extra_properties=extra_properties, profile=profile)
 
 
 def read_properties(path) -> dict[str, str]:

@@ -87,7 +87,7 @@ def test_output_contract(scored, workdir, model):
                                 "mixmod_means", "mixmod_stds", "n_observed", "flags"]
     assert all(out.schema.field(c).type == pa.float32() for c in estimates)
     for c in ("mixmod_weights", "mixmod_means", "mixmod_stds"):
-        assert out.schema.field(c).type == pa.list_(pa.float32())
+        assert out.schema.field(c).type == pa.list_(pa.float32(), K)  # fixed-size: K in the schema
         assert set(pc.list_value_length(out[c]).to_numpy()) == {K}
     assert out.schema.field("n_observed").type == out.schema.field("flags").type == pa.int32()
     assert out.num_rows == N and len(set(out["THING_ID"].to_pylist())) == N

@@ -191,8 +191,11 @@ def mixture_arrays(table: pa.Table) -> dict[str, np.ndarray]:
     arrays = {}
     for key, column in MIXTURE_COLUMNS.items():
         values = table.column(column).combine_chunks()
-        lengths = np.diff(values.offsets.to_numpy()) if len(values) else np.zeros(0, np.int64)
-        k = int(lengths[0]) if len(lengths) else 0
+        if pa.types.is_fixed_size_list(values.type):  # score outputs since #17: K in the schema
+            lengths, k = np.full(len(values), values.type.list_size), values.type.list_size
+        else:  # older outputs: variable-size lists, K read from the offsets
+            lengths = np.diff(values.offsets.to_numpy()) if len(values) else np.zeros(0, np.int64)
+            k = int(lengths[0]) if len(lengths) else 0
         if len(lengths) and (lengths != k).any() or values.null_count:
             raise InputError(f"{column}: every row must hold a list of the same length K (the model's components)")
         flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)

@@ -58,18 +58,19 @@ def precision_check(model, table: pa.Table | pa.RecordBatch, tolerance: float, q
     return {"rows": len(rows), "dz_quantile": at_q, "dz_max": float(dz.max()), "passed": at_q <= tolerance}
 
 
-def output_schema(input_schema: pa.Schema, keep: Sequence[str] = ()) -> pa.Schema:
-    """The kernel's output schema: the ``keep`` columns (types as in the input), then the estimates."""
+def output_schema(input_schema: pa.Schema, keep: Sequence[str] = (), n_components: int = 15) -> pa.Schema:
+    """The kernel's output schema: the ``keep`` columns (types as in the input), then the estimates
+    and the mixture as fixed-size lists of ``n_components`` (the model's K): no offsets to build,
+    write or read, and every reader knows K from the schema."""
     return pa.schema([input_schema.field(c) for c in keep]
                      + [pa.field(c, pa.float32()) for c in ESTIMATES]
-                     + [pa.field(c, pa.list_(pa.float32())) for c in MIXTURE]
+                     + [pa.field(c, pa.list_(pa.float32(), n_components)) for c in MIXTURE]
                      + [pa.field("n_observed", pa.int32()), pa.field(FLAGS_COLUMN, pa.int32())])
 
 
-def _list_column(values: np.ndarray) -> pa.ListArray:
-    n, k = values.shape
-    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1).astype(np.float32, copy=False)))
+def _list_column(values: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1).astype(np.float32, copy=False)),
+                                             values.shape[1])
 
 
 @torch.inference_mode()
@@ -83,7 +84,7 @@ def score_batch(model, table: pa.Table | pa.RecordBatch, keep: Sequence[str] = (
         keep: input columns passed through unchanged (ids, coordinates, ``_healpix_29``).
 
     Returns:
-        A RecordBatch with ``output_schema(table.schema, keep)``, one row per input row, same order.
+        A RecordBatch with ``output_schema(table.schema, keep, K)``, one row per input row, same order.
     """
     if isinstance(table, pa.Table):
         table = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(
@@ -108,7 +109,7 @@ def score_batch(model, table: pa.Table | pa.RecordBatch, keep: Sequence[str] = (
         for c, v in zip(MIXTURE, (w, mu, sigma), strict=True):
             mix[c][rows] = v.cpu().numpy()
 
-    schema = output_schema(table.schema, keep)
+    schema = output_schema(table.schema, keep, k)
     arrays = [table.column(c) for c in keep]
     arrays += [pa.array(est[c]) for c in ESTIMATES]
     arrays += [_list_column(mix[c]) for c in MIXTURE]

@@ -27,7 +27,13 @@ from photoz_spark.features.sequencing import band_columns
 from photoz_spark.flags import FLAGS_COLUMN, Flag, count_flags
 from photoz_spark.paths import check_output, safe_name
 from photoz_spark.registry.resolve import ModelFiles
-from photoz_spark.scoring.task import Runtime, _checked_precision, load_model, scorer  # noqa: F401 - the task's API
+from photoz_spark.scoring.task import (  # noqa: F401 - the task's API
+    Runtime,
+    _checked_precision,
+    load_model,
+    scorer,
+    task_gpus,
+)
 
 try:
     from pyspark.accumulators import AccumulatorParam
@@ -123,6 +129,20 @@ def _check_types(name: str, schema: pa.Schema, bands: list[str]) -> None:
                          "flux and error columns must be numbers (float or integer)")
 
 
+def task_profile(spark, runtime: Runtime):
+    """The scoring stage's ResourceProfile: a share of a GPU per task (``task_gpus``), or None."""
+    conf = spark.sparkContext.getConf()
+    amount = task_gpus(runtime.gpus_per_task, runtime.device, spark.sparkContext.master.startswith("local"),
+                       float(conf.get("spark.executor.resource.gpu.amount", "0")),
+                       conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true")
+    if amount is None:
+        return None
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    requests = TaskResourceRequests().cpus(int(conf.get("spark.task.cpus", "1"))).resource("gpu", amount)
+    return ResourceProfileBuilder().require(requests).build
+
+
 class ListParam(AccumulatorParam):
     """Accumulates lists (the precision checks each worker made)."""
 
@@ -177,9 +197,10 @@ def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: Mo
         staged = stage.output(p.name, target)
         # Pixel by pixel, input file -> output file: the input is already HEALPix-partitioned.
         written = hats.map_hats(spark, p.source, staged, task, columns=columns,
-                                schema=output_schema(scored_input, p.keep), catalog_name=f"scores_{p.name}",
+                                schema=output_schema(scored_input, p.keep, meta["model_config"]["n_components"]),
+                                catalog_name=f"scores_{p.name}",
                                 batch_size=int(cfg["batch_size"]), extra_properties=props,
-                                count=count_output_flags)
+                                count=count_output_flags, profile=task_profile(spark, runtime))
         if written["n_rows"] != rows_in:  # never commit an output that lost or gained rows
             raise RuntimeError(f"scored {written['n_rows']} rows of {rows_in}: output not committed")
         stage.commit()

@@ -18,6 +18,7 @@ import pyarrow as pa
 from photoz_spark.config import require
 from photoz_spark.registry.artifact import META_FILE, WEIGHTS_FILE
 from photoz_spark.registry.resolve import ModelFiles
+from photoz_spark.threads import background
 
 _MODELS: dict = {}  # model id -> PhotozModel, one per Python worker process
 
@@ -51,11 +52,19 @@ class Runtime:
     tolerance: float = 1e-3          # |z_mean(half) - z_mean(fp32)| allowed ...
     quantile: float = 0.99           # ... for this share of the checked rows
     check_rows: int = 4096
+    overlap: str = "auto"            # auto (on a GPU) | on | off: read, score and write in three threads
+    gpus_per_task: float = 0.25      # a scoring task's share of a GPU on a GPU cluster (task_gpus)
 
     @classmethod
     def from_config(cls, cfg: dict) -> Runtime:
         runtime = cls(str(cfg["device"]), str(cfg["precision"]), float(cfg["agreement_tolerance"]),
-                      float(cfg["agreement_quantile"]), int(cfg["agreement_rows"]))
+                      float(cfg["agreement_quantile"]), int(cfg["agreement_rows"]),
+                      {True: "on", False: "off"}.get(cfg["overlap"], str(cfg["overlap"])),
+                      float(cfg["gpus_per_task"]))
+        require(runtime.overlap in ("auto", "on", "off"), f"score.overlap must be auto, on or off, got {cfg['overlap']!r}")
+        g = runtime.gpus_per_task
+        require(g == 0 or 0 < g <= 1 or g == int(g),
+                f"score.gpus_per_task must be 0 (off), a fraction in (0, 1] or a whole number, got {g}")
         require(runtime.device in ("auto", "cpu", "cuda"), f"score.device must be auto, cpu or cuda, got {runtime.device!r}")
         require(runtime.precision in ("auto", "fp32", "bf16", "fp16"),
                 f"score.precision must be auto, fp32, bf16 or fp16, got {runtime.precision!r}")
@@ -79,6 +88,11 @@ class Runtime:
         context = TaskContext.get() if TaskContext is not None else None
         gpus = context.resources().get("gpu") if context is not None else None
         return f"cuda:{gpus.addresses[0]}" if gpus and gpus.addresses else "cuda:0"
+
+    def overlaps(self, device: str) -> bool:
+        """Whether a task reads, scores and writes in three threads: auto does on a GPU, where the
+        host would otherwise leave the device idle; a CPU task has one core (spark.task.cpus)."""
+        return self.overlap == "on" or (self.overlap == "auto" and device != "cpu")
 
     def wanted_precision(self, device: str) -> str:
         if self.precision != "auto":
@@ -107,6 +121,29 @@ def _checked_precision(model, files: ModelFiles, device: str, runtime: Runtime, 
 
 
 
+def task_gpus(gpus_per_task: float, device: str, local_mode: bool, executor_gpus: float,
+              dynamic_allocation: bool) -> float | None:
+    """The GPU amount of the scoring stage's task resource profile, or None for no profile.
+
+    Training takes whole GPUs (``spark.gpu.task_amount``, for every stage); scoring tasks are
+    host-bound (read, features, summaries, write), so several share a GPU: the scoring stage asks
+    for ``gpus_per_task`` of one through a Spark stage-level TaskResourceProfile.
+
+    Args:
+        gpus_per_task: ``score.gpus_per_task`` (0: off).
+        device: ``score.device``.
+        local_mode: the master is ``local[...]`` (no task resources are scheduled there).
+        executor_gpus: ``spark.executor.resource.gpu.amount`` (0: a CPU cluster).
+        dynamic_allocation: ``spark.dynamicAllocation.enabled`` (Spark refuses task-only profiles then).
+
+    Returns:
+        The amount, or None: CPU scoring, local mode, no GPUs, dynamic allocation, or off.
+    """
+    if gpus_per_task <= 0 or device == "cpu" or local_mode or executor_gpus <= 0 or dynamic_allocation:
+        return None
+    return float(gpus_per_task)
+
+
 def scorer(files_bc, keep: tuple[str, ...], bands_file: str | None, runtime: Runtime, checks,
             absent: tuple[str, ...] = ()):
     """The function a scoring task runs on its pixel: input batches (of score.batch_size rows at
@@ -127,11 +164,18 @@ def scorer(files_bc, keep: tuple[str, ...], bands_file: str | None, runtime: Run
     def run(batches):
         import torch
 
-        from photoz_spark.scoring.kernel import score_batch
-
         device = runtime.task_device()
         if device == "cpu":
             torch.set_num_threads(1)  # one thread per task: two per worker halve throughput
+        if not runtime.overlaps(device):
+            return score(batches, device)
+        # Reader thread -> scoring thread -> this thread writes (hats' writer): pyarrow's read and
+        # write and torch's kernels release the GIL, so the three overlap.
+        return background(score(background(batches, name="photoz-read"), device), name="photoz-score")
+
+    def score(batches, device):
+        from photoz_spark.scoring.kernel import score_batch
+
         files = files_bc.value
         model = load_model(files, bands_file, device)
         for batch in batches:

@@ -35,6 +35,7 @@ from photoz_spark.errors import InputError
 from photoz_spark.features.build import list_matrix
 from photoz_spark.features.catalog import STATS_FILE, FeaturesCatalog, read_contract_file, shard_slices
 from photoz_spark.features.stats import standardise
+from photoz_spark.threads import background
 
 COLUMNS = ["features", "observed", "z_spec", "split"]
 PETASTORM_CONSTRAINTS = ".ci/petastorm-constraints.txt"
@@ -329,43 +330,8 @@ def prefetched(batches: Iterable[Batch], depth: int = PREFETCH_BATCHES, pin: boo
     """``batches`` produced by a background thread, ``depth`` ahead (pinned when ``pin``), so the
     host gathers the next batches while the device computes. Same batches, same order; an error in
     the thread is raised here; closing the iterator stops the thread."""
-    import queue
-    import threading
-
-    done, stop = object(), threading.Event()
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce():
-        try:
-            for batch in batches:
-                if not put(tuple(t.pin_memory() for t in batch) if pin else batch):
-                    return
-            put(done)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            put(err)
-
-    thread = threading.Thread(target=produce, name="photoz-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = slots.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+    return background(batches, depth, (lambda batch: tuple(t.pin_memory() for t in batch)) if pin else None,
+                      name="photoz-prefetch")
 
 
 def epoch_source(feed, rank: int, world: int, batch_size: int, seed: int, device: torch.device,
