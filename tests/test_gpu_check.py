@@ -57,3 +57,30 @@ def pq_rows(path) -> int:
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(path).metadata.num_rows
+
+
+DEVICE_PATHS = textwrap.dedent("""
+    import runpy, sys
+    sys.modules["pyspark"] = None
+    sys.modules["mlflow"] = None
+    sys.argv = ["bench/device_paths.py", "--device", "cpu", "--rows", "300", "--train-rows", "1024", "--quick",
+                "--repeats", "1", "--batch-size", "128"]
+    try:
+        runpy.run_path("bench/device_paths.py", run_name="__main__")
+    except SystemExit as done:
+        print("EXIT", done.code)
+""")
+
+
+def test_device_paths_bench_runs_on_cpu_without_spark_or_mlflow():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", DEVICE_PATHS], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    out = done.stdout
+    assert "EXIT 0" in out, out[-3000:] + done.stderr[-3000:]
+    for label, unit in (("score task, overlap off", "rows/s"), ("score task, overlap on", "rows/s"),
+                        ("train feed host (b512, fp32)", "samples/s"), ("train feed pinned (b512, fp32)", "samples/s"),
+                        ("train autocast auto -> none", "samples/s")):
+        assert re.search(rf"^\s+{re.escape(label)}\s+[\d,]+ {unit}", out, re.MULTILINE), out
+    assert re.search(r"mixture columns written as fixed_size_list\s+[\d.]+ CPU s", out), out
+    assert re.search(r"checkpoint: epoch waits \(background\)\s+[\d.]+ ms", out), out
