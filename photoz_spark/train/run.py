@@ -169,6 +169,9 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
         result = train(model, epochs, lambda: eval_batches(val_data), settings, device=device,
                        checkpoint=out / "checkpoint.pt" if cfg["resume"] else None, on_epoch=on_epoch,
                        steps_per_epoch=steps)
+    except UserError as err:  # a streamed feed (petastorm) finds NaN/inf batch by batch
+        rank_error_file(out, rank).write_text(str(err))
+        raise
     finally:
         feed.close()
     if rank == 0:
