@@ -129,6 +129,13 @@ def _check_types(name: str, schema: pa.Schema, bands: list[str]) -> None:
                          "flux and error columns must be numbers (float or integer)")
 
 
+def mixture_width(meta: dict) -> int:
+    """K of the output's fixed-size mixture columns: the network's components x ensemble members."""
+    from photoz_spark.registry.artifact import ensemble_members
+
+    return int(meta["model_config"]["n_components"]) * ensemble_members(meta)
+
+
 def task_profile(spark, runtime: Runtime):
     """The scoring stage's ResourceProfile: a share of a GPU per task (``task_gpus``), or None."""
     conf = spark.sparkContext.getConf()
@@ -197,7 +204,7 @@ def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: Mo
         staged = stage.output(p.name, target)
         # Pixel by pixel, input file -> output file: the input is already HEALPix-partitioned.
         written = hats.map_hats(spark, p.source, staged, task, columns=columns,
-                                schema=output_schema(scored_input, p.keep, meta["model_config"]["n_components"]),
+                                schema=output_schema(scored_input, p.keep, mixture_width(meta)),
                                 catalog_name=f"scores_{p.name}",
                                 batch_size=int(cfg["batch_size"]), extra_properties=props,
                                 count=count_output_flags, profile=task_profile(spark, runtime))
