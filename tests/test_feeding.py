@@ -39,7 +39,7 @@ def write_features(directory: Path, rows: int = 900, files: int = 3, row_group: 
                    nan_train_row: bool = False) -> pa.Table:
     """A toy sdss_wise9 features catalog in ``files`` files of ``row_group``-row groups; the table."""
     config = load_config("features.yaml", overrides=["features.band_set=sdss_wise9"])
-    spec = feature_spec(config["features"], load_bands())
+    spec = feature_spec(config["features"], load_bands(), {"photoz_catalog": "dr16q"})  # the toy is DR16Q-like
     source = toy_matched_table(rows, seed=3)
     schema = output_schema(spec, source.schema)
     table = pa.Table.from_batches([feature_batch(b, spec, schema) for b in source.to_batches()], schema=schema)
