@@ -333,8 +333,11 @@ def calibration_metrics(arrays: dict, prefix: str) -> dict:
 def train_and_register(spark, config: dict, registry, workdir) -> dict:
     """The whole training stage under the model name's lock (``locks.train_lock``: a second
     training of the same name is refused before any work). Returns the summary the job prints."""
+    from photoz_spark.train.feeding import import_petastorm
     from photoz_spark.train.locks import train_lock
 
+    if config["train"]["backend"] == "petastorm":
+        import_petastorm()  # not installed: a one-line error before anything (the lock folder too) is made
     model_name = config["mlflow"]["model_name"]
     with train_lock(Path(workdir.root) / "train" / model_name, model_name):
         return _train_and_register(spark, config, registry, workdir)
@@ -350,12 +353,10 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
     from photoz_spark.registry import tracking as reg
     from photoz_spark.registry.artifact import PhotozModel, save_model_files
     from photoz_spark.train.ensemble import clear_members, has_progress, train_members
-    from photoz_spark.train.feeding import ArrowFeed, PetastormFeed, import_petastorm
+    from photoz_spark.train.feeding import ArrowFeed, PetastormFeed
 
     t0 = time.time()
     cfg = resolve_recipe(config["train"])
-    if cfg["backend"] == "petastorm":
-        import_petastorm()  # not installed: a one-line error before anything starts
     registry.band_set(cfg["band_set"])  # unknown band set -> one-line error
     features_dir = Path(workdir.features) / (cfg.get("features") or cfg["band_set"])  # train.features: "" = band set
     if not (features_dir / LAYOUT_FILE).is_file():
