@@ -15,7 +15,7 @@ PETASTORM_TESTS ?= tests/test_petastorm.py tests/test_features.py tests/test_hat
 help:  ## list the targets
 	@echo "make demo   the pipeline on the simulated sky: simulate -> crossmatch -> features -> train -> score -> qp export -> evaluate (in WORKDIR)"
 	@echo "make test   run the test suite"
-	@echo "make test-quick  only the unit tests (numpy/torch, no JVM): well under a minute"
+	@echo "make test-quick  only the unit tests (numpy/torch, no Spark session): a few minutes"
 	@echo "make test-petastorm  build $(PETASTORM_VENV) (the petastorm stack) and run the tests that matter there"
 	@echo "make lint   ruff check"
 	@echo "make venv   create $(VENV) and install the project (done by the targets above when needed)"

@@ -90,7 +90,7 @@ def test_logging_and_loading_print_no_type_hint_warning(run_output):
     assert "UserWarning" not in before_control, before_control  # nothing else MLflow says either
     # The loaded pyfunc predicts what the model files do, for every row.
     line = next(x for x in stdout.splitlines() if x.startswith("@@ predicted"))
-    assert line.startswith("@@ predicted 5 ['z_phot_mean', 'z_phot_std', 'z_phot_median', 'n_observed']")
+    assert line.startswith("@@ predicted 5 ['z_phot_mean', 'z_phot_std', 'z_phot_median', 'z_conf', 'n_observed']")
     assert float(line.split()[-1]) < 1e-5
 
 

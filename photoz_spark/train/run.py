@@ -368,10 +368,7 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
     validate(cfg, feed.layout, feed.stats, counts)
     cfg["train_rows"] = counts["train"]  # the ranks' steps per epoch, for warm-up and cosine schedules
     # NaN/inf rows are found by the ranks, each in its shard (train_rank): the driver reads no split.
-    uri = reg.tracking_uri(config, workdir)
     model_name = config["mlflow"]["model_name"]
-    experiment_id = reg.connect(uri, workdir, config["mlflow"]["experiment"])
-
     out_dir = Path(workdir.root) / "train" / model_name
     out_dir.mkdir(parents=True, exist_ok=True)
     run_file = out_dir / "run.json"
@@ -383,6 +380,9 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
         for old in ("checkpoint.pt", "history.jsonl", "best.pt"):
             (out_dir / old).unlink(missing_ok=True)
         clear_members(out_dir)
+    # MLflow after the resume check: a refused resume touches (and prints) nothing of the registry.
+    uri = reg.tracking_uri(config, workdir)
+    experiment_id = reg.connect(uri, workdir, config["mlflow"]["experiment"])
     run_id = json.loads(run_file.read_text())["run_id"] if resumed else None
     with reg.start_run(run_id, experiment_id) as run:
         run_file.write_text(json.dumps({"run_id": run.info.run_id}))
