@@ -28,8 +28,14 @@ OUTPUTS = ("a", "b", "c")
 
 
 def _env(fault: str | None) -> dict:
+    from photoz_spark.registry import tracking
+
     env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR)}
     env.pop(faults.ENV, None)
+    # An earlier in-process job's mlflow.set_tracking_uri leaves MLFLOW_TRACKING_URI in this process's
+    # environment; a child would take it for the user's and log to that other test's registry.
+    if env.get("MLFLOW_TRACKING_URI") in tracking._SET_BY_US:
+        env.pop("MLFLOW_TRACKING_URI")
     if fault:
         env[faults.ENV] = fault
     return env
