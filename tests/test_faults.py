@@ -34,7 +34,7 @@ def _env(fault: str | None) -> dict:
     env.pop(faults.ENV, None)
     # An earlier in-process job's mlflow.set_tracking_uri leaves MLFLOW_TRACKING_URI in this process's
     # environment; a child would take it for the user's and log to that other test's registry.
-    if env.get("MLFLOW_TRACKING_URI") in tracking._SET_BY_US:
+    if tracking.set_by_project(env.get("MLFLOW_TRACKING_URI")):
         env.pop("MLFLOW_TRACKING_URI")
     if fault:
         env[faults.ENV] = fault

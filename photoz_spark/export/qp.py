@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from photoz_spark import hats
+from photoz_spark.calibration_kind import from_properties, method_of
 from photoz_spark.errors import InputError, MissingDependency, MissingInput, OutputExists
 from photoz_spark.flags import FLAGS_COLUMN
 
@@ -118,14 +119,12 @@ class ScoreCatalog:
     def calibrated(self) -> bool:
         """True when the model carried a recalibration: the ``z_phot_*`` summaries are then those
         of the recalibrated PDF (and so are the mixture columns when ``calibration_method`` is mixture)."""
-        return self.properties.get("photoz_calibration", "none") not in ("", "none")
+        return self.calibration_method != "none"
 
     @property
     def calibration_method(self) -> str:
         """none, mixture (the mixture columns are the recalibrated PDF) or pit_map (they stay the network's)."""
-        if not self.calibrated:
-            return "none"
-        return "mixture" if json.loads(self.properties["photoz_calibration"]).get("method") == "mixture" else "pit_map"
+        return method_of(from_properties(self.properties))
 
     @property
     def ensemble_description(self) -> str:

@@ -28,10 +28,16 @@ PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "pyyaml"]
 _SET_BY_US: set[str] = set()
 
 
+def set_by_project(uri: str | None) -> bool:
+    """True when ``uri`` is in MLFLOW_TRACKING_URI only because a job of this process connected to it
+    (a child process should then not inherit it as the user's choice)."""
+    return uri in _SET_BY_US
+
+
 def tracking_uri(config: dict, workdir) -> str:
     """MLFLOW_TRACKING_URI if set, else config ``mlflow.tracking_uri``, else SQLite in the workdir."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    uri = (env if env and env not in _SET_BY_US else None) or config["mlflow"]["tracking_uri"]
+    uri = (env if env and not set_by_project(env) else None) or config["mlflow"]["tracking_uri"]
     if uri:
         return uri
     root = Path(workdir.mlflow).resolve()

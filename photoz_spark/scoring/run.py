@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from photoz_spark import hats
 from photoz_spark.bands import BandCatalog
+from photoz_spark.calibration_kind import CALIBRATION_PROPERTY, method_of, property_value
 from photoz_spark.config import require
 from photoz_spark.errors import InputError
 from photoz_spark.features.sequencing import band_columns
@@ -168,13 +169,6 @@ def count_output_flags(batch: pa.RecordBatch) -> dict[str, int]:
     return {FLAG_STAT + name: n for name, n in count_flags(batch.column(FLAGS_COLUMN).to_numpy()).items()}
 
 
-def calibration_method(stored: dict | None) -> str:
-    """none, mixture or pit_map: the recalibration a model's ``model.json`` carries (calibration.from_dict)."""
-    if not stored:
-        return "none"
-    return "mixture" if stored.get("method") == "mixture" else "pit_map"
-
-
 def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: ModelFiles, band_set,
                   bands_file: str | None = None) -> dict:
     """Score ``score.input`` into ``scores/<name>``. Returns the job summary."""
@@ -199,7 +193,7 @@ def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: Mo
     props = {"photoz_model_name": files.name, "photoz_model_version": files.version, "photoz_model_uri": files.uri,
              "photoz_score_input": cfg["input"], "photoz_score_band_set": band_set.name,
              "photoz_absent_bands": ",".join(b.name for b in band_set.bands if b.flux in absent) or "none",
-             "photoz_calibration": json.dumps(meta["calibration"]) if meta.get("calibration") else "none"}
+             CALIBRATION_PROPERTY: property_value(meta.get("calibration"))}
     with job_staging(workdir.root, "score") as stage:
         staged = stage.output(p.name, target)
         # Pixel by pixel, input file -> output file: the input is already HEALPix-partitioned.
@@ -216,7 +210,7 @@ def score_catalog(spark, config: dict, registry: BandCatalog, workdir, files: Mo
     flagged = {f.name: int(written["stats"].get(FLAG_STAT + f.name, 0)) for f in Flag}
     return {"device": runtime.device, "precision_checks": check_results, "absent_bands": props["photoz_absent_bands"],
             "calibrated": meta.get("calibration") is not None,
-            "calibration_method": calibration_method(meta.get("calibration")),
+            "calibration_method": method_of(meta.get("calibration")),
             "input": str(p.source), "output": str(target), "model_uri": files.uri, "band_set": band_set.name,
             "rows_in": rows_in, "rows_out": written["n_rows"], "partitions": written["n_partitions"],
             "flagged": flagged, "not_scored": flagged[Flag.NOT_SCORED.name],
