@@ -83,11 +83,9 @@ def open_catalog(name: str, path: Path, registry: Registry, *, with_bands: bool)
                            bands=tuple(b.name for b in bands if {b.flux, b.err} <= set(schema.names)),
                            carried=carried)
     _check_columns(catalog)
-    # every pixel file's footer: one line naming a bad one. An empty left catalog has nothing to
-    # crossmatch; an empty right one is an answer (every left row NO_MATCH), not an error.
-    if hats.check_data_files(path, name, catalog.columns) == 0 and not with_bands:
-        raise CatalogError(f"catalog {name!r} ({path}) has no rows: nothing to crossmatch; write it again "
-                           "(e.g. a larger sim.footprint) or choose another crossmatch.left")
+    # every pixel file's footer: one line naming a bad one. An empty catalog is an answer, not an
+    # error: an empty left one gives an empty matched catalog, an empty right one NO_MATCH rows.
+    hats.check_data_files(path, name, catalog.columns)
     return catalog
 
 

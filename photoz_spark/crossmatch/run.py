@@ -296,6 +296,8 @@ def task_order(plan: CrossmatchPlan, rights: list[RightSide], cores: int) -> int
     """
     finest = min(plan.left.order, plan.output_order)
     left_pixels = hats.partition_pixels(plan.left.path)[1]
+    if left_pixels.size == 0:  # an empty left catalog: no task, an empty output
+        return finest
     sizes = [(side.order, side.pixels, np.array([
         (side.catalog.path / hats.DATASET_DIR / hats.pixel_relpath(side.order, p)).stat().st_size
         for p in side.pixels.tolist()], dtype=np.float64)) for side in rights]

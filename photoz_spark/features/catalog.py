@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 
 from photoz_spark.errors import MissingInput
 from photoz_spark.features.build import list_matrix
-from photoz_spark.hats import DATASET_DIR
+from photoz_spark.hats import DATASET_DIR, read_schema
 
 LAYOUT_FILE = "layout.json"
 STATS_FILE = "stats.json"
@@ -45,7 +45,10 @@ class FeaturesCatalog:
         """Open ``directory``; raises MissingInput when it holds no layout.json."""
         self.directory = Path(directory)
         self.layout = read_contract_file(self.directory, LAYOUT_FILE)
-        self.dataset = ds.dataset(self.directory / DATASET_DIR, format="parquet", exclude_invalid_files=True)
+        # The recorded schema, not the files': a catalog with no rows (an empty crossmatch's) has no
+        # data file, and a filter on ``split`` must still find the column (and count 0).
+        self.dataset = ds.dataset(self.directory / DATASET_DIR, format="parquet", exclude_invalid_files=True,
+                                  schema=read_schema(self.directory))
 
     @cached_property
     def stats(self) -> dict:

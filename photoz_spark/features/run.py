@@ -167,10 +167,9 @@ def validate(cfg: dict, registry: BandCatalog, workdir) -> tuple[FeatureSpec, Pa
     schema = input_schema(matched)
     spec = feature_spec(cfg, registry, hats.read_properties(matched), schema)
     check_input(schema, spec, matched)
-    # a truncated or retyped pixel file: one line naming it, before Spark; no rows: no features, no statistics
-    if hats.check_data_files(matched) == 0:
-        raise InputError(f"matched catalog {matched} has no rows: no features (nor their standardisation) can be "
-                         "built from it; crossmatch a catalog with rows first")
+    # a truncated or retyped pixel file: one line naming it, before Spark. No rows is an answer: an
+    # empty features catalog (training refuses it, naming it: no training rows).
+    hats.check_data_files(matched)
     return spec, matched
 
 

@@ -338,13 +338,49 @@ def train_and_register(spark, config: dict, registry, workdir) -> dict:
 
     if config["train"]["backend"] == "petastorm":
         import_petastorm()  # not installed: a one-line error before anything (the lock folder too) is made
+    cfg = resolve_recipe(config["train"])
+    registry.band_set(cfg["band_set"])  # unknown band set -> one-line error
+    features = open_features(cfg, workdir)  # refused (no features, no training rows...) before the lock folder
     model_name = config["mlflow"]["model_name"]
     with train_lock(Path(workdir.root) / "train" / model_name, model_name):
-        return _train_and_register(spark, config, registry, workdir)
+        return _train_and_register(spark, config, cfg, registry, workdir, *features)
 
 
-def _train_and_register(spark, config: dict, registry, workdir) -> dict:
-    """The training stage proper (see ``train_and_register``)."""
+def open_features(cfg: dict, workdir) -> tuple:
+    """The features catalog a training reads, checked: built, undamaged, with training rows.
+
+    Args:
+        cfg: the resolved ``train`` settings.
+        workdir: a ``cli.Workdir``.
+
+    Returns:
+        (its folder, its ``ArrowFeed``, rows per split).
+
+    Raises:
+        MissingInput: no features were built; InputError: a damaged file, or no training rows
+            (an empty crossmatch gives empty features: an answer there, nothing to learn here).
+    """
+    from photoz_spark.train.feeding import ArrowFeed
+
+    features_dir = Path(workdir.features) / (cfg.get("features") or cfg["band_set"])  # train.features: "" = band set
+    if not (features_dir / LAYOUT_FILE).is_file():
+        raise MissingInput(f"no features at {features_dir}: run jobs/build_features.py --band-set {cfg['band_set']}"
+                           + (f" --output {cfg['features']}" if cfg.get("features") else ""))
+    hats.check_data_files(features_dir, f"features/{features_dir.name}")  # a damaged file: one line naming it
+    feed = ArrowFeed(features_dir)
+    counts = {s: feed.count(s) for s in ("train", "validation", "test")}
+    if counts["train"] == 0:
+        raise InputError(f"no training rows in features/{features_dir.name} ({features_dir}: "
+                         f"{hats.read_properties(features_dir)['hats_nrows']} rows, "
+                         f"{counts['validation']} validation, {counts['test']} test): build the features "
+                         "from a matched catalog with spectroscopic redshifts in range")
+    return features_dir, feed, counts
+
+
+def _train_and_register(spark, config: dict, cfg: dict, registry, workdir, features_dir: Path, feed,
+                        counts: dict) -> dict:
+    """The training stage proper (see ``train_and_register``; ``cfg``: the resolved ``train``
+    settings; ``features_dir, feed, counts``: from ``open_features``)."""
     import torch
 
     from photoz_spark.metrics.figures import zphot_figure
@@ -353,18 +389,9 @@ def _train_and_register(spark, config: dict, registry, workdir) -> dict:
     from photoz_spark.registry import tracking as reg
     from photoz_spark.registry.artifact import PhotozModel, save_model_files
     from photoz_spark.train.ensemble import clear_members, has_progress, train_members
-    from photoz_spark.train.feeding import ArrowFeed, PetastormFeed
+    from photoz_spark.train.feeding import PetastormFeed
 
     t0 = time.time()
-    cfg = resolve_recipe(config["train"])
-    registry.band_set(cfg["band_set"])  # unknown band set -> one-line error
-    features_dir = Path(workdir.features) / (cfg.get("features") or cfg["band_set"])  # train.features: "" = band set
-    if not (features_dir / LAYOUT_FILE).is_file():
-        raise MissingInput(f"no features at {features_dir}: run jobs/build_features.py --band-set {cfg['band_set']}"
-                           + (f" --output {cfg['features']}" if cfg.get("features") else ""))
-    hats.check_data_files(features_dir, f"features/{features_dir.name}")  # a damaged file: one line naming it
-    feed = ArrowFeed(features_dir)
-    counts = {s: feed.count(s) for s in ("train", "validation", "test")}
     validate(cfg, feed.layout, feed.stats, counts)
     cfg["train_rows"] = counts["train"]  # the ranks' steps per epoch, for warm-up and cosine schedules
     # NaN/inf rows are found by the ranks, each in its shard (train_rank): the driver reads no split.
