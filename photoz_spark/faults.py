@@ -11,6 +11,7 @@ The points (a name not listed here is refused, so a typo cannot make a test pass
 - ``hats.catalog``: on the driver, after every data file of a catalog is written and before its
   metadata (a catalog half written).
 - ``train.checkpoint``: in training rank 0, right after an epoch's checkpoint is saved.
+- ``export.file``: in the qp export, after each qp file is written (the export half written).
 
 Unset (the normal case) every ``point`` is one dictionary lookup.
 """
@@ -22,7 +23,7 @@ import sys
 
 ENV = "PHOTOZ_FAULT"
 EXIT_CODE = 86  # recognisable in tests: the process died at an injected fault
-POINTS = ("commit.rename", "hats.pixel_file", "hats.catalog", "train.checkpoint")
+POINTS = ("commit.rename", "hats.pixel_file", "hats.catalog", "train.checkpoint", "export.file")
 _passes: dict[str, int] = {}
 
 

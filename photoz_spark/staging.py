@@ -8,12 +8,15 @@ the next job, never left half done.
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 from photoz_spark import commit as commits
 from photoz_spark import hats
+from photoz_spark.errors import OutputExists
 
 
 class JobStaging:
@@ -22,20 +25,48 @@ class JobStaging:
     def __init__(self, root: Path, job: str):
         self.root, self.job = Path(root), job
         self.path = self.root / commits.unique_name(f".{job}-staging")
-        self._commits: list[tuple[Path, Path]] = []
+        self._commits: list[tuple[Path, Path, Callable[[Path], None]]] = []
 
-    def output(self, name: str, target: Path) -> Path:
-        """A staging folder for one output that ``commit`` will move to ``target``."""
+    def output(self, name: str, target: Path, check: Callable[[Path], None] = hats.check_replaceable) -> Path:
+        """A staging folder for one output that ``commit`` will move to ``target``.
+
+        Args:
+            name: the output's folder name inside the staging folder.
+            target: where ``commit`` puts it.
+            check: raises if ``target`` holds something this output may not replace (default: anything
+                but an earlier HATS catalog or an empty folder; ``earlier_output`` for other outputs).
+                Run here, before any work, and again at the commit.
+        """
+        check(Path(target))
         staged = self.path / name
-        self._commits.append((staged, Path(target)))
+        self._commits.append((staged, Path(target), check))
         return staged
 
     def commit(self) -> None:
         """Move every staged output into place, replacing earlier ones (after all succeeded), as
         one journaled commit: a kill part-way is finished or undone by the next job's ``recover``."""
-        for _, target in self._commits:
-            hats.check_replaceable(target)  # every refusal before the first rename
-        commits.commit_renames(self.root, self.job, self._commits)
+        for _, target, check in self._commits:
+            check(target)  # every refusal before the first rename
+        commits.commit_renames(self.root, self.job, [(staged, target) for staged, target, _ in self._commits])
+
+
+def earlier_output(marker: str, what: str) -> Callable[[Path], None]:
+    """A ``JobStaging.output`` check for an output that is not a HATS catalog (a report, a qp export).
+
+    Args:
+        marker: a file every such output holds (``report.md``, ``export.json``).
+        what: the output's kind, for the message.
+
+    Returns:
+        ``check(target)``: raises ``OutputExists`` unless ``target`` is absent, an empty folder or
+        an earlier output of this kind.
+    """
+    def check(target: Path) -> None:
+        if os.path.lexists(target) and not (target / marker).is_file() and not (
+                target.is_dir() and not any(target.iterdir())):
+            raise OutputExists(f"{target} exists and is not an earlier {what} (no {marker}); refusing to replace it")
+
+    return check
 
 
 @contextmanager

@@ -37,7 +37,11 @@ UNSCORED = 7  # row index (THING_ID 1007) with no observed band
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> PhotozModel:
-    directory = tmp_path_factory.mktemp("model")
+    return toy_model(tmp_path_factory.mktemp("model"))
+
+
+def toy_model(directory) -> PhotozModel:
+    """A small untrained network saved in ``directory`` (tests/test_faults.py exports its scores too)."""
     raw, observed, _ = sequence(toy_matched_table(300, 3), BAND_SET, REG)
     config = ModelConfig(n_steps=len(BAND_SET), hidden1=8, hidden2=4, dense=8, n_components=3)
     torch.manual_seed(2)

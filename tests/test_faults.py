@@ -171,6 +171,88 @@ def test_unknown_fault_point_is_refused(monkeypatch):
         faults.point("commit.rename")
 
 
+# --- the qp export (no Spark): journaled like every job's outputs ------------------------------
+
+@pytest.fixture
+def exported(tmp_path):
+    """A score output ``scores/toy`` and a first export of its first 100 rows at ``qp/toy``."""
+    from photoz_spark.jobs import export_qp
+    from tests.test_export_qp import toy_model, write_scores
+
+    write_scores(toy_model(tmp_path / "model"), tmp_path / "scores" / "toy")
+    export_qp.main(["--workdir", str(tmp_path), "--input", "scores/toy", "--limit", "100"])
+    return tmp_path
+
+
+def _export_job(workdir: Path, limit: int, fault: str | None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PROJECT_DIR / "jobs" / "export_qp.py"), "--workdir", str(workdir),
+                           "--input", "scores/toy", "--limit", str(limit)],
+                          check=False, env=_env(fault), capture_output=True, text=True, timeout=300)
+
+
+def _export_rows(workdir: Path) -> int | None:
+    manifest = workdir / "qp" / "toy" / "export.json"
+    return json.loads(manifest.read_text())["rows"] if manifest.is_file() else None
+
+
+def _hidden(workdir: Path) -> list[str]:
+    return sorted(p.name for folder in (workdir, workdir / "qp") for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.unit
+def test_an_export_killed_mid_commit_is_finished_and_a_rerun_replaces_it(exported, capsys):
+    """Killed between moving the old export aside and putting the new one in place: no export at
+    its path, a journal left; the next job's start finishes the commit, and a rerun replaces it."""
+    from photoz_spark.jobs import export_qp
+
+    proc = _export_job(exported, 200, "commit.rename:1")
+    assert proc.returncode == faults.EXIT_CODE, proc.stderr[-3000:]
+    assert _export_rows(exported) is None and list(exported.glob(".commit-export_qp-*.journal"))
+    done = commit.recover(exported)
+    assert done[0] == "finished the interrupted commit of toy", done
+    assert [line.split(" ")[0] for line in done[1:]] == ["removed"], done  # its (emptied) staging folder
+    assert _export_rows(exported) == 200 and _hidden(exported) == []
+    capsys.readouterr()
+    summary = export_qp.main(["--workdir", str(exported), "--input", "scores/toy", "--limit", "300"])
+    assert summary["rows"] == 300 and _export_rows(exported) == 300
+    assert [p.name for p in (exported / "qp").iterdir()] == ["toy"], "a rerun replaces, never duplicates"
+    assert _hidden(exported) == []
+
+
+@pytest.mark.unit
+def test_an_export_killed_mid_write_keeps_the_old_one_and_the_next_job_cleans_up(exported, capsys):
+    from photoz_spark.jobs import export_qp
+
+    proc = _export_job(exported, 0, "export.file:2")  # every row; killed after its second pixel file
+    assert proc.returncode == faults.EXIT_CODE, proc.stderr[-3000:]
+    assert _export_rows(exported) == 100, "the earlier export is intact"
+    assert [h for h in _hidden(exported) if h.startswith(".export_qp-staging-")], "the killed job left its staging"
+    capsys.readouterr()
+    summary = export_qp.main(["--workdir", str(exported), "--input", "scores/toy"])
+    assert "recovered: removed " in capsys.readouterr().out
+    assert summary["rows"] == _export_rows(exported) == 1500 and _hidden(exported) == []
+
+
+@pytest.mark.unit
+def test_a_report_replaces_only_an_earlier_report(tmp_path):
+    """evaluate's and ablation's reports go through the same journaled commit; a folder that is not
+    a report is refused before any work and kept."""
+    from photoz_spark.errors import OutputExists
+    from photoz_spark.evaluate.report import staged_report
+
+    for text in ("first", "second"):
+        with staged_report(tmp_path / "reports", "m-v1", "report.md", "evaluate") as staged:
+            (staged / "report.md").write_text(text)
+    assert (tmp_path / "reports" / "m-v1" / "report.md").read_text() == "second"
+    assert [p.name for p in (tmp_path / "reports").iterdir()] == ["m-v1"] and _leftovers(tmp_path) == []
+    (tmp_path / "reports" / "mine").mkdir()
+    (tmp_path / "reports" / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(OutputExists, match="is not an earlier report"), \
+            staged_report(tmp_path / "reports", "mine", "report.md", "evaluate"):
+        raise AssertionError("refused before any work")
+    assert (tmp_path / "reports" / "mine" / "notes.txt").read_text() == "keep"
+
+
 # --- one training per model name, resume only what was started --------------------------------
 
 @pytest.mark.unit

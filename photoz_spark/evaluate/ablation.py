@@ -274,7 +274,7 @@ def model_version(config: dict, settings: AblationSettings, band_set: str, catal
 def write_ablation_report(reports_dir: Path, table2: list[dict], panels: list[dict], checks: list[dict],
                           agreement: dict, steps: dict, settings: AblationSettings) -> dict:
     """reports/ablation/: Markdown, Table 2 as CSV and JSON, Fig. 7; replaced whole. Returns the paths."""
-    with report.staged_report(reports_dir, REPORT_NAME) as out:
+    with report.staged_report(reports_dir, REPORT_NAME, "ablation.md", "ablation") as out:
         figures.zphot_grid_figure(panels, out / "fig7_zphot_grid.png", "z_phot vs z_spec per band set, test split")
         report.write_csv(table2, out / "table2.csv")
         report.write_json({"table2": table2, "checks": checks, "split_agreement": agreement, "steps": steps},

@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
+
+from photoz_spark.staging import earlier_output, job_staging
 
 TABLE1_COLUMNS = [("split", "split"), ("n", "N"), ("sigma_nmad", "σ_NMAD"), ("f_out", "f_out"), ("bias", "bias"),
                   ("mse", "MSE"), ("mae", "MAE"), ("crps", "mean CRPS")]
@@ -27,25 +27,25 @@ PERCENT = {"f_out", "f_cat", "kept"}
 
 
 @contextmanager
-def staged_report(reports_dir: Path, name: str):
-    """Yield a hidden folder next to ``reports_dir/name`` that replaces it whole once the block succeeds.
+def staged_report(reports_dir: Path, name: str, marker: str, job: str):
+    """Yield a staging folder for ``reports_dir/name``, committed whole once the block succeeds.
 
-    A report is not a HATS catalog, so ``staging.job_staging`` (which refuses to replace anything
-    else) does not fit; two renames on one file system do: a failed run leaves the old report.
+    A job-level journaled commit (``staging.job_staging``): a failed run leaves the old report, a
+    kill during the commit is finished or rolled back by the next job's start, a rerun replaces.
+    ``reports_dir`` is ``<workdir>/reports``: the staging folder and journal go in the workdir.
+
+    Args:
+        reports_dir: the reports folder.
+        name: the report's folder name.
+        marker: the file every such report holds; a folder without it is never replaced.
+        job: the job's name (in the staging and journal names).
     """
     reports_dir = Path(reports_dir)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex
-    staged, old, target = reports_dir / f".{name}-staging-{token}", reports_dir / f".{name}-old-{token}", reports_dir / name
-    staged.mkdir()
-    try:
+    with job_staging(reports_dir.parent, job) as stage:
+        staged = stage.output(name, reports_dir / name, check=earlier_output(marker, "report"))
+        staged.mkdir(parents=True)
         yield staged
-        if target.exists():
-            target.rename(old)
-        staged.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+        stage.commit()
 
 
 def format_value(key: str, value) -> str:

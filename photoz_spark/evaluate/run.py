@@ -262,7 +262,7 @@ def evaluate_registered(config: dict, registry, workdir) -> dict:
     info = {"name": files.name, "version": files.version, "model_uri": files.uri, "run_id": run_id,
             "band_set": band_set, "bands": model.meta["layout"]["bands"], "features": str(catalog.directory),
             "evaluated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
-    with report.staged_report(workdir.reports, name) as staged:
+    with report.staged_report(workdir.reports, name, "report.md", "evaluate") as staged:
         written = write_report(evaluation, info, staged)
     metrics = mlflow_metrics(evaluation)
     if cfg["log_to_mlflow"]:

@@ -30,9 +30,7 @@ Needs the ``astro`` extra (``pip install -e '.[astro]'``: qp-prob).
 from __future__ import annotations
 
 import json
-import shutil
 import time
-import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,10 +42,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from photoz_spark import hats
+from photoz_spark import faults, hats
 from photoz_spark.calibration_kind import from_properties, method_of
-from photoz_spark.errors import InputError, MissingDependency, MissingInput, OutputExists
+from photoz_spark.errors import InputError, MissingDependency, MissingInput
 from photoz_spark.flags import FLAGS_COLUMN
+from photoz_spark.staging import earlier_output, job_staging
 
 # The score output's mixture columns, in qp mixmod's order (weights, means, stds); the same
 # names as ``scoring.kernel.MIXTURE``, repeated here so that reading scores does not import torch.
@@ -297,30 +296,9 @@ def _file_name(stem: str, fmt: str) -> str:
     return stem + FORMATS[fmt]
 
 
-def _is_export(path: Path) -> bool:
-    return (path / MANIFEST_FILE).is_file()
-
-
-def _replace(staged: Path, target: Path) -> None:
-    """Put the finished staging folder at ``target``, replacing an earlier export (never other data)."""
-    if target.exists() and not _is_export(target) and not (target.is_dir() and not any(target.iterdir())):
-        raise OutputExists(f"{target} exists and is not an earlier qp export (no {MANIFEST_FILE}); refusing to replace it")
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}") if target.exists() else None
-    if old is not None:
-        target.rename(old)
-    try:
-        staged.rename(target)
-    except BaseException:
-        if old is not None:
-            old.rename(target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_qp(scores_dir, output_dir, pixels: Sequence[int] | None = None, columns: Sequence[str] | None = None,
               limit: int | None = None, single_file: bool = False, fmt: str = "hdf5",
-              scored_only: bool = False) -> dict:
+              scored_only: bool = False, root=None) -> dict:
     """Write a score output's PDFs as qp files: one per pixel, or one for the whole selection.
 
     Per pixel the file is ``<output_dir>/Norder=k/Dir=d/Npix=n.hdf5`` (the HATS path of the
@@ -330,8 +308,10 @@ def export_qp(scores_dir, output_dir, pixels: Sequence[int] | None = None, colum
     ``qp.read("X.pq")``. ``export.json`` lists the files, their rows, the source catalog, the
     model and whether the ensemble differs from the recalibrated summaries.
 
-    Everything is written to a hidden staging folder beside ``output_dir`` and renamed into place
-    at the end: a rerun replaces the earlier export, a failed or killed run leaves it untouched.
+    Everything is written to a hidden staging folder and moved into place at the end by one
+    journaled commit (``staging.job_staging``): a rerun replaces the earlier export, a failed or
+    killed run leaves it untouched, a kill during the commit is finished or rolled back by the next
+    job's start (``commit.recover`` of ``root``). A folder that is not an earlier export is never replaced.
 
     Args:
         scores_dir: a score output folder (``workdir/scores/<name>``).
@@ -339,6 +319,8 @@ def export_qp(scores_dir, output_dir, pixels: Sequence[int] | None = None, colum
         pixels, columns, limit, scored_only: the selection, as in ``to_qp``.
         single_file: one file for the selection instead of one per pixel.
         fmt: ``hdf5`` or ``parquet``.
+        root: the work directory (holds the staging folder and the commit's journal); default
+            the folder holding ``output_dir``.
 
     Returns:
         Summary dict: input, output, files (relative path -> rows), rows, unscored_dropped,
@@ -354,10 +336,9 @@ def export_qp(scores_dir, output_dir, pixels: Sequence[int] | None = None, colum
         raise InputError(f"limit must be >= 0, got {limit}")
     selected = catalog.select_pixels(pixels)
     target = Path(output_dir).absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.name}.staging-{uuid.uuid4().hex}")
-    staged.mkdir()
-    try:
+    with job_staging(Path(root) if root is not None else target.parent, "export_qp") as stage:
+        staged = stage.output(target.name, target, check=earlier_output(MANIFEST_FILE, "qp export"))
+        staged.mkdir(parents=True)
         files, dropped = (_write_single if single_file else _write_per_pixel)(
             catalog, staged, target.name, selected, columns, limit, fmt, scored_only)
         summary = {
@@ -369,11 +350,8 @@ def export_qp(scores_dir, output_dir, pixels: Sequence[int] | None = None, colum
             "model": {k: catalog.properties.get(f"photoz_model_{k}", "") for k in ("name", "version", "uri")},
         }
         (staged / MANIFEST_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-        _replace(staged, target)
-        summary["seconds"] = time.time() - t0
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
+        stage.commit()
+    summary["seconds"] = time.time() - t0
     return summary
 
 
@@ -385,6 +363,7 @@ def require_format(fmt: str) -> None:
 def _write(ensemble, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     ensemble.write_to(str(path))
+    faults.point("export.file")  # tests: killed with some files written, the export not committed
 
 
 def _write_per_pixel(catalog: ScoreCatalog, staged: Path, name: str, pixels: list[int], columns: list[str],

@@ -73,7 +73,7 @@ def plan(cfg: dict, workdir) -> dict:
     return {"scores_dir": workdir.root / cfg["input"], "output_dir": workdir.root / "qp" / name,
             "pixels": pixels or None, "columns": [str(c) for c in cfg["columns"]] or None,
             "limit": int(cfg["limit"]) or None, "single_file": bool(cfg["single_file"]), "fmt": str(cfg["format"]),
-            "scored_only": bool(cfg["scored_only"])}
+            "scored_only": bool(cfg["scored_only"]), "root": workdir.root}
 
 
 def print_summary(s: dict, job=None) -> None:
