@@ -11,7 +11,7 @@ A process killed during step 2 leaves the journal. ``recover(workdir)``, which `
 calls before every job, finishes such a commit (every staged output is still complete, so it
 rolls forward) or, if a staged output has gone, rolls every target back to its backup: each
 target ends up either the whole old or the whole new output, never a mix of two runs. It also
-removes staging folders and backups left by killed processes.
+removes staging folders, backups and output locks (``locks``) left by killed processes.
 
 Owners: every staging folder, backup and journal carries ``<host>-<pid>`` (``owner_tag``); only
 those of a dead process on this host are touched (a live job's, or another host's, are left alone).
@@ -24,19 +24,19 @@ import json
 import os
 import re
 import shutil
-import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from photoz_spark import faults
+from photoz_spark import faults, locks
+from photoz_spark.locks import HOST, owner_alive
 
 JOURNAL_GLOB = ".commit-*.journal"
-HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 # '.<name>.staging-<owner>-<uuid>' (hats, beside a target), '.<job>-staging-<owner>-<uuid>' (a job's
 # folder, staging.py), '.<name>.old-<owner>-<uuid>' (an earlier output moved aside).
 _LEFTOVER = re.compile(r"^\.(?P<name>.+?)[.-](?P<kind>staging|old)-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)"
                        r"-[0-9a-f]{32}$")
+_LOCK = re.compile(r"^\..+\.lock$")  # an output's lock (locks.output_lock_path)
 _JOURNAL = re.compile(r"^\.commit-.+-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-[0-9a-f]{32}\.journal(\.tmp)?$")
 
 
@@ -48,24 +48,6 @@ def owner_tag() -> str:
 def unique_name(prefix: str) -> str:
     """``<prefix>-<owner>-<uuid>``: a hidden working name a later ``recover`` can attribute."""
     return f"{prefix}-{owner_tag()}-{uuid.uuid4().hex}"
-
-
-def owner_alive(host: str, pid: int) -> bool:
-    """Whether the process that named a leftover may still be running (another host's: assumed so).
-
-    Args:
-        host: the host part of the owner tag.
-        pid: its process id.
-    """
-    if host != HOST or pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a process of another user: alive
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -200,9 +182,14 @@ def _dead(match: re.Match | None) -> bool:
 
 
 def _clean_leftovers(folder: Path) -> list[str]:
-    """Remove dead processes' staging folders; put a dead process's backup back if its target is gone."""
+    """Remove dead processes' staging folders and output locks; put a dead process's backup back if
+    its target is gone."""
     done = []
     for path in sorted(folder.iterdir()):
+        if _LOCK.match(path.name) and path.is_file():
+            if locks.remove_if_dead(path):
+                done.append(f"removed {path}")
+            continue
         match = _LEFTOVER.match(path.name)
         if not _dead(match):
             continue

@@ -3,7 +3,8 @@
 The staging folder is ``<workdir>/.<job>-staging-<host>-<pid>-<uuid>``: the owner in the name lets
 ``commit.recover`` remove it when a killed job left it behind. ``commit`` is one journaled commit
 of every output (``commit.commit_renames``), so a kill mid-commit is finished or rolled back by
-the next job, never left half done.
+the next job, never left half done. Each output is locked from ``output`` to the end
+(``locks.lock_output``): a second job writing the same output meanwhile is refused in one line.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from photoz_spark import commit as commits
-from photoz_spark import hats
+from photoz_spark import hats, locks
 from photoz_spark.errors import OutputExists
 
 
@@ -26,6 +27,7 @@ class JobStaging:
         self.root, self.job = Path(root), job
         self.path = self.root / commits.unique_name(f".{job}-staging")
         self._commits: list[tuple[Path, Path, Callable[[Path], None]]] = []
+        self._locks: list[Path] = []
 
     def output(self, name: str, target: Path, check: Callable[[Path], None] = hats.check_replaceable) -> Path:
         """A staging folder for one output that ``commit`` will move to ``target``.
@@ -38,9 +40,17 @@ class JobStaging:
                 Run here, before any work, and again at the commit.
         """
         check(Path(target))
+        # One writer per output: a second job writing it (still running) is refused here, naming it.
+        self._locks.append(locks.lock_output(Path(target), self.job))
         staged = self.path / name
         self._commits.append((staged, Path(target), check))
         return staged
+
+    def release(self) -> None:
+        """Release the outputs' locks (``job_staging`` does, whatever happened)."""
+        for lock in self._locks:
+            locks.release(lock)
+        self._locks.clear()
 
     def commit(self) -> None:
         """Move every staged output into place, replacing earlier ones (after all succeeded), as
@@ -73,7 +83,8 @@ def earlier_output(marker: str, what: str) -> Callable[[Path], None]:
 def job_staging(root: Path, job: str):
     """``with job_staging(workdir.root, "crossmatch") as stage: ... stage.commit()``.
 
-    The staging folder is removed in every case; outputs not committed are discarded.
+    The staging folder is removed and the outputs' locks released in every case; outputs not
+    committed are discarded.
     """
     stage = JobStaging(root, job)
     stage.path.mkdir(parents=True, exist_ok=True)
@@ -81,3 +92,4 @@ def job_staging(root: Path, job: str):
         yield stage
     finally:
         shutil.rmtree(stage.path, ignore_errors=True)
+        stage.release()

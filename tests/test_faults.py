@@ -210,7 +210,9 @@ def test_an_export_killed_mid_commit_is_finished_and_a_rerun_replaces_it(exporte
     assert _export_rows(exported) is None and list(exported.glob(".commit-export_qp-*.journal"))
     done = commit.recover(exported)
     assert done[0] == "finished the interrupted commit of toy", done
-    assert [line.split(" ")[0] for line in done[1:]] == ["removed"], done  # its (emptied) staging folder
+    # and what the killed job left: its (emptied) staging folder and its output's lock
+    assert sorted(line.split(" ")[0] for line in done[1:]) == ["removed", "removed"], done
+    assert f"removed {exported / 'qp' / '.toy.lock'}" in done
     assert _export_rows(exported) == 200 and _hidden(exported) == []
     capsys.readouterr()
     summary = export_qp.main(["--workdir", str(exported), "--input", "scores/toy", "--limit", "300"])
@@ -251,6 +253,100 @@ def test_a_report_replaces_only_an_earlier_report(tmp_path):
             staged_report(tmp_path / "reports", "mine", "report.md", "evaluate"):
         raise AssertionError("refused before any work")
     assert (tmp_path / "reports" / "mine" / "notes.txt").read_text() == "keep"
+
+
+# --- one writer per output: a second job writing the same output is refused --------------------
+
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.communicate()
+
+
+@pytest.mark.unit
+def test_two_exports_to_one_output_do_not_mix(exported, capsys):
+    """A real export job paused after its first file holds qp/toy; a second export to it stops in
+    one line naming the first's pid and writes nothing; once the first is killed, the next run
+    takes its lock over and replaces the export whole."""
+    from photoz_spark.jobs import export_qp
+
+    ready = exported / "first-file-written"
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from photoz_spark.export import qp
+        from photoz_spark.jobs import export_qp
+        write = qp._write
+        def paused(ensemble, path):
+            write(ensemble, path)
+            Path({str(ready)!r}).touch()
+            time.sleep(120)
+        qp._write = paused
+        export_qp.main(["--workdir", {str(exported)!r}, "--input", "scores/toy"])
+    """)
+    first = subprocess.Popen([sys.executable, "-c", code], env=_env(None), cwd=PROJECT_DIR,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(ready, first)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            export_qp.main(["--workdir", str(exported), "--input", "scores/toy", "--limit", "200"])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+        assert f"qp/toy is being written by export_qp (pid {first.pid} on this host" in err, err
+        assert _export_rows(exported) == 100, "neither job's files reached the export"
+    finally:
+        _kill(first)
+    ready.unlink()
+    summary = export_qp.main(["--workdir", str(exported), "--input", "scores/toy", "--limit", "300"])
+    assert f"recovered: removed {exported / 'qp' / '.toy.lock'}" in capsys.readouterr().out
+    assert summary["rows"] == _export_rows(exported) == 300 and _hidden(exported) == []
+
+
+def test_a_second_crossmatch_to_one_run_is_refused_naming_the_holder(spark, tmp_path, capsys):
+    """Two crossmatches to matched/dr16q: the second (a real job) stops in one line naming the
+    first's pid (a real process holding the output through the jobs' own staging) and writes
+    nothing; after the holder dies its lock is taken over."""
+    from photoz_spark.jobs import crossmatch
+    from tests.test_empty_inputs import _catalogs
+
+    _catalogs(tmp_path, 40)
+    ready = tmp_path / "holding"
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from photoz_spark.staging import job_staging
+        root = Path({str(tmp_path)!r})
+        with job_staging(root, "crossmatch") as stage:
+            stage.output("dr16q", root / "matched" / "dr16q")
+            Path({str(ready)!r}).touch()
+            time.sleep(120)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], env=_env(None), cwd=PROJECT_DIR,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = ["--workdir", str(tmp_path), "crossmatch.right=[sdss,desi_ls]"]
+    try:
+        _wait_for(ready, holder)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            crossmatch.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+        assert f"matched/dr16q is being written by crossmatch (pid {holder.pid} on this host" in err, err
+        assert not (tmp_path / "matched" / "dr16q").exists()
+    finally:
+        _kill(holder)
+    assert crossmatch.main(argv)["rows_out"] == 40  # the dead holder's lock is taken over
+    assert not [p for p in (tmp_path / "matched").iterdir() if p.name.startswith(".")]
 
 
 # --- one training per model name, resume only what was started --------------------------------
