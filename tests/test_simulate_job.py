@@ -98,6 +98,7 @@ def test_failed_run_leaves_previous_sky_untouched(spark, sky, monkeypatch):
     ("sim.footprint.radius_deg=-1", "radius_deg must be in (0, 180]"),
     ("sim.quasars.density_deg2=lots", "expected float"),
     ("sim.catalog_order=9", "catalog_order <= sim.sim_order"),
+    ("sim.quasars.tilt_mean=1.5", "tilt_mean must be in [-1, 1], got 1.5"),
 ])
 def test_bad_settings_refused_with_one_line(tmp_path, capsys, override, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -39,7 +39,8 @@ def _run(job, spark, _) -> dict:
         sample = colour_sample(spark, workdir, registry)
         figure = workdir.reports / "simulate" / "colour_tracks.png"
         figure.parent.mkdir(parents=True, exist_ok=True)
-        realism.colour_track_figure(sample, registry, figure)
+        realism.colour_track_figure(sample, registry, figure,
+                                    zero_points=config["sim"].get("systematics", {}).get("zero_point_mag"))
         summary["figure"] = str(figure)
         summary["stern_fraction_z_lt_3"] = realism.stern_fraction(
             sample["obs_wise_w1"], sample["obs_wise_w2"], sample["z"], registry)

@@ -6,12 +6,20 @@ and a notebook all use the same definitions.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 # (blue band, red band, label); WISE colours are converted to Vega as in Stern et al. (2012).
 COLOURS = (("sdss_u", "sdss_g", "u-g"), ("sdss_g", "sdss_r", "g-r"), ("sdss_r", "sdss_i", "r-i"),
            ("sdss_i", "sdss_z", "i-z"), ("wise_w1", "wise_w2", "W1-W2 (Vega)"))
 STERN_CUT = 0.8  # W1 - W2 (Vega) >= 0.8 selects AGN (Stern et al. 2012)
+REFERENCE_FILE = Path(__file__).resolve().parent / "data" / "richards2001_table3.txt"
+REFERENCE_COLOURS = ("u-g", "g-r", "r-i", "i-z")
+# Richards et al. (2001)'s quasars are SDSS commissioning targets and previously known bright
+# quasars (LBQS, ...): compare them with simulated quasars as bright as the SDSS low-redshift
+# quasar target limit, i < 19.1 (Richards et al. 2002, AJ 123, 2945).
+REFERENCE_I_MAX = 19.1
 
 
 def colour(flux_blue, flux_red, vega_offset: float = 0.0) -> np.ndarray:
@@ -35,6 +43,54 @@ def binned_median(z, values, edges) -> np.ndarray:
                      else np.nan for k in range(len(edges) - 1)])
 
 
+def reference_medians() -> dict:
+    """Richards et al. (2001) Table 3: median SDSS colours of quasars per redshift bin.
+
+    Returns:
+        ``z`` (bin redshifts) and, per colour of REFERENCE_COLOURS, the medians (NaN where the
+        bin is empty) and ``N <colour>`` (quasars per bin).
+    """
+    table = np.loadtxt(REFERENCE_FILE, comments="#")
+    out = {"z": table[:, 0]}
+    for k, name in enumerate(REFERENCE_COLOURS):
+        out[name], out[f"N {name}"] = table[:, 1 + 2 * k], table[:, 2 + 2 * k]
+    return out
+
+
+def catalog_minus_ab(label: str, zero_points: dict | None) -> float:
+    """(blue - red) in a survey's catalog system minus the AB colour, from per-band zero points
+    (``sim.systematics.zero_point_mag``: catalog mag - AB mag; e.g. SDSS u_AB = u_SDSS - 0.04)."""
+    blue, red = next((b, r) for b, r, name in COLOURS if name == label)
+    zero_points = zero_points or {}
+    return zero_points.get(blue, 0.0) - zero_points.get(red, 0.0)
+
+
+def reference_offsets(z, colours: dict, z_lo: float, z_hi: float, zero_points: dict | None = None,
+                      half_width: float = 0.025) -> dict:
+    """Simulated minus Richards et al. (2001) median colour in each of their bins in [z_lo, z_hi].
+
+    Args:
+        z: redshifts of the simulated quasars.
+        colours: colour name (of REFERENCE_COLOURS) -> per-quasar AB colour (NaN ignored).
+        z_lo, z_hi: the bins' redshift range (their tabulated z).
+        zero_points: catalog - AB mag per band; R01's magnitudes are SDSS's, so the simulated
+            AB colours are put on that system first (None: compare AB with SDSS as is).
+        half_width: half the bin width (0.025 up to z = 2.1).
+    Returns:
+        ``z`` (bins used) and, per colour, the offsets (NaN where either median is missing).
+    """
+    ref = reference_medians()
+    z = np.asarray(z)
+    use = (ref["z"] >= z_lo - 1e-9) & (ref["z"] <= z_hi + 1e-9)
+    out = {"z": ref["z"][use]}
+    for name, values in colours.items():
+        values = np.asarray(values, float) + catalog_minus_ab(name, zero_points)
+        sim = [np.nanmedian(values[np.abs(z - zc) < half_width]) if np.any(
+            (np.abs(z - zc) < half_width) & np.isfinite(values)) else np.nan for zc in out["z"]]
+        out[name] = np.array(sim) - ref[name][use]
+    return out
+
+
 def stern_fraction(w1, w2, z, registry, z_max: float = 3.0) -> float:
     """Share of quasars at z < z_max with W1 - W2 (Vega) >= 0.8."""
     sel = np.asarray(z) < z_max
@@ -42,20 +98,25 @@ def stern_fraction(w1, w2, z, registry, z_max: float = 3.0) -> float:
     return float(np.mean(np.nan_to_num(c, nan=-99.0) >= STERN_CUT))
 
 
-def colour_track_figure(sample: dict, registry, path, title: str = "") -> None:
-    """Colour-redshift tracks (u-g, g-r, r-i, i-z, W1-W2): observed points and the true median.
+def colour_track_figure(sample: dict, registry, path, title: str = "", zero_points: dict | None = None) -> None:
+    """Colour-redshift tracks (u-g, g-r, r-i, i-z, W1-W2): observed points, the true median and
+    Richards et al. (2001)'s medians of real SDSS quasars.
 
     Args:
         sample: arrays ``z`` and, per band name, ``obs_<band>`` (catalog fluxes) and
             ``true_<band>`` (noiseless fluxes).
         registry: bands (for the WISE Vega offsets).
         path: the PNG to write.
+        title: the figure's title.
+        zero_points: catalog - AB mag per band (``sim.systematics.zero_point_mag``), to draw
+            Richards et al.'s SDSS-system medians as AB colours.
     """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     z = np.asarray(sample["z"])
+    reference = reference_medians()
     edges = np.linspace(0.0, 5.5, 45)
     mids = 0.5 * (edges[1:] + edges[:-1])
     fig, axes = plt.subplots(len(COLOURS), 1, figsize=(7, 11), sharex=True)
@@ -65,6 +126,9 @@ def colour_track_figure(sample: dict, registry, path, title: str = "") -> None:
         true = colour(sample[f"true_{blue}"], sample[f"true_{red}"], offset)
         ax.scatter(z, observed, s=1, alpha=0.15, color="0.4", rasterized=True, label="catalog fluxes")
         ax.plot(mids, binned_median(z, true, edges), color="C3", lw=2, label="median, noiseless")
+        if label in reference:
+            ax.plot(reference["z"], reference[label] - catalog_minus_ab(label, zero_points), "o", ms=3,
+                    color="C2", label="median, real SDSS quasars (Richards+01)")
         if blue.startswith("wise"):
             ax.axhline(STERN_CUT, color="C0", ls="--", lw=1, label="Stern+12 AGN cut")
         lo, hi = np.nanpercentile(true, [0.5, 99.5]) if np.isfinite(true).any() else (-1, 3)

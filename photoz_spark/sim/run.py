@@ -45,6 +45,8 @@ def validate(sim: dict, registry: Registry) -> None:
     require(q["i_mag_min"] < q["i_mag_max"], "sim.quasars.i_mag_min must be < i_mag_max")
     require(len(q["z_nodes"]) == len(q["z_weights"]) >= 2, "sim.quasars.z_nodes and z_weights: same length >= 2")
     require(min(q["z_nodes"]) >= 0 and max(q["z_nodes"]) <= 6.0, "sim.quasars.z_nodes must lie in [0, 6]")
+    # The photometry grid spans delta alpha_nu in [-1, 1]; each quasar's slope is clipped there.
+    require(-1.0 <= q["tilt_mean"] <= 1.0, f"sim.quasars.tilt_mean must be in [-1, 1], got {q['tilt_mean']}")
     for frac in ("reddened_fraction", "galex_coverage", "zwarning_fraction", "host_psf_fraction"):
         require(0.0 <= q[frac] <= 1.0, f"sim.quasars.{frac} must be in [0, 1], got {q[frac]}")
     for frac in ("wrong_z_fraction", "bal_fraction", "lobal_share", "dla_fraction"):
