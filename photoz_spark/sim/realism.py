@@ -91,6 +91,26 @@ def reference_offsets(z, colours: dict, z_lo: float, z_hi: float, zero_points: d
     return out
 
 
+def population_colours(q: dict, grid, n: int, seed: int = 11) -> tuple[np.ndarray, dict]:
+    """Noiseless AB colours (REFERENCE_COLOURS) of n quasars drawn with the ``sim.quasars`` settings q.
+
+    Args:
+        q: ``sim.quasars`` settings (z_nodes/z_weights and i_mag_max choose the sample).
+        grid: the photometry grid.
+        n: number of quasars.
+        seed: seeds the population (seed) and diversity (seed + 1) streams.
+    Returns:
+        (redshifts, colour name -> per-quasar colour).
+    """
+    from photoz_spark.sim.sky import draw_quasars
+
+    drawn = draw_quasars(np.random.default_rng(seed), n, q, grid, np.random.default_rng(seed + 1))
+    flux = {b: drawn["flux"][:, grid.band_index(b)] for b, _, name in COLOURS if name in REFERENCE_COLOURS}
+    flux["sdss_z"] = drawn["flux"][:, grid.band_index("sdss_z")]
+    return drawn["z"], {name: colour(flux[blue], flux[red])
+                        for blue, red, name in COLOURS if name in REFERENCE_COLOURS}
+
+
 def stern_fraction(w1, w2, z, registry, z_max: float = 3.0) -> float:
     """Share of quasars at z < z_max with W1 - W2 (Vega) >= 0.8."""
     sel = np.asarray(z) < z_max

@@ -1,0 +1,96 @@
+"""Where does the simulated quasars' colour excess come from? Medians against Richards et al. (2001).
+
+Run: PYTHONPATH=. python bench/sim_colours.py [--n 40000]
+
+Draws noiseless quasars at 0.775 < z < 2.125 with the library (no Spark) and prints, against
+Richards et al. (2001) Table 3 (photoz_spark/sim/data/richards2001_table3.txt):
+
+- the mean offset (simulated - R01 median, over their 27 bins from z = 0.80 to 2.10) of u-g,
+  g-r, r-i, i-z for conf/simulate.yaml as it is, and with each population ingredient switched
+  off in turn, then all of them (the Vanden Berk composite alone);
+- R01's g-r per bin next to the simulated one, at the default and with sim.quasars.tilt_mean.
+
+"bright": i < 19.1 as R01's quasars (realism.REFERENCE_I_MAX) and the colours on the SDSS system
+(sim.systematics.zero_point_mag), as tests/test_sim_realism.py compares them; "all": every
+magnitude to i = 22, AB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Each population ingredient and the setting that switches it off.
+INGREDIENTS = {
+    "host light": {"host_psf_fraction": 0.0},
+    "slope scatter": {"tilt_sigma": 0.0},
+    "SMC reddening": {"reddened_fraction": 0.0},
+    "BALs": {"bal_fraction": 0.0},
+    "DLAs": {"dla_fraction": 0.0},
+    "line scatter": {"line_scatter_dex": 0.0, "line_group_scatter_dex": 0.0},
+    "Baldwin effect": {"baldwin_slope": 0.0},
+}
+
+
+def offsets(sim: dict, grid, n: int, bright: bool, **changes) -> dict:
+    """Simulated minus R01 median colour per bin, z 0.80-2.10."""
+    from photoz_spark.sim import realism
+
+    q = copy.deepcopy(sim["quasars"])
+    q.update(changes, z_nodes=[0.775, 2.125], z_weights=[1.0, 1.0])
+    if bright:
+        q["i_mag_max"] = realism.REFERENCE_I_MAX
+    z, colours = realism.population_colours(q, grid, n)
+    zero_points = sim["systematics"]["zero_point_mag"] if bright else None
+    return realism.reference_offsets(z, colours, 0.8, 2.1, zero_points)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=40000, help="quasars per variant")
+    parser.add_argument("--tilt-mean", type=float, default=0.14, help="the bluer continuum to compare")
+    args = parser.parse_args(argv)
+
+    from photoz_spark.bands import BANDS_FILE, load_bands
+    from photoz_spark.config import cache_dir, load_config
+    from photoz_spark.sim import realism
+    from photoz_spark.sim.photometry import load_or_build_grid
+
+    t0 = time.process_time()
+    grid = load_or_build_grid(load_bands(), BANDS_FILE, cache_dir(load_config()))
+    sim = load_config("simulate.yaml")["sim"]
+    names = realism.REFERENCE_COLOURS
+    print("| sky | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+
+    def row(label: str, result: dict) -> None:
+        print(f"| {label} | " + " | ".join(f"{np.mean(result[c]):+.3f}" for c in names) + " |")
+
+    row("default, all", offsets(sim, grid, args.n, bright=False))
+    default = offsets(sim, grid, args.n, bright=True)
+    row("default, bright", default)
+    for name, change in INGREDIENTS.items():
+        row(f"no {name}, bright", offsets(sim, grid, args.n, bright=True, **change))
+    everything_off = {k: v for change in INGREDIENTS.values() for k, v in change.items()}
+    row("composite alone (all of the above off)", offsets(sim, grid, args.n, bright=True, **everything_off))
+    bluer = offsets(sim, grid, args.n, bright=True, tilt_mean=args.tilt_mean)
+    row(f"tilt_mean={args.tilt_mean}, bright", bluer)
+
+    ref = realism.reference_medians()
+    g_r = ref["g-r"][np.isin(np.round(ref["z"], 2), np.round(default["z"], 2))]
+    print(f"\n| z | R01 g−r | default | tilt_mean={args.tilt_mean} |\n|---|---|---|---|")
+    for z, r, d, b in zip(default["z"], g_r, default["g-r"], bluer["g-r"]):
+        print(f"| {z:.2f} | {r:.3f} | {r + d:.3f} | {r + b:.3f} |")
+    print(f"\n# {time.process_time() - t0:.1f} CPU s")
+
+
+if __name__ == "__main__":
+    main()
