@@ -15,7 +15,9 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -125,7 +127,9 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     out = Path(out_dir)
     if world > 1:
-        dist.init_process_group("nccl" if use_gpu else "gloo")
+        store = os.environ.get(RENDEZVOUS_FILE_ENV)  # local mode: a file store (``local_rank_env``)
+        dist.init_process_group("nccl" if use_gpu else "gloo", **(
+            {"init_method": f"file://{store}", "rank": rank, "world_size": world} if store else {}))
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_gpu else "cpu")
     if use_gpu:
         torch.cuda.set_device(device)  # nccl's collectives (the feed's counts) run on this rank's GPU
@@ -253,6 +257,54 @@ def session_gpu_plan(spark, cfg: dict) -> GpuPlan:
                     len(gpu.addresses) if gpu is not None else 0, executor_gpus)
 
 
+RENDEZVOUS_FILE_ENV = "PHOTOZ_RENDEZVOUS_FILE"
+
+
+def local_rank_env(out_dir: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """What the ranks' environment gets in local mode, so that they listen on loopback only.
+
+    - ``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME=lo``: gloo's pair sockets (and NCCL's bootstrap)
+      bind the loopback interface, not the address the host name resolves to (unless set already).
+    - ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` and a file store for the process group
+      (``RENDEZVOUS_FILE_ENV``, read by ``train_rank``): torchrun's agent then opens no second
+      TCPStore for the ranks, and the ranks open none either. A TCPStore server binds every
+      interface whatever host it is given (torch 2.13, both backends).
+
+    What stays on every interface: torchrun's own c10d rendezvous store (``--standalone``, which
+    TorchDistributor always passes in local mode); see docs/deploy.md.
+
+    Args:
+        out_dir: the run's folder (holds the store file, unique per run).
+        environ: the current environment (settings the user made are kept).
+
+    Returns:
+        The variables to set.
+    """
+    env = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
+    env = {k: v for k, v in env.items() if k not in environ}
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    env[RENDEZVOUS_FILE_ENV] = str(Path(out_dir).absolute() / f".rendezvous-{uuid.uuid4().hex}")
+    return env
+
+
+@contextmanager
+def ranks_environment(env: dict[str, str]):
+    """Set ``env`` while the ranks start (TorchDistributor's torchrun inherits ``os.environ``),
+    then restore the environment and remove the store file."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if RENDEZVOUS_FILE_ENV in env:
+            Path(env[RENDEZVOUS_FILE_ENV]).unlink(missing_ok=True)
+
+
 def run_distributed(spark, features_dir: Path, out_dir: Path, cfg: dict, model_cfg: dict, feed=None,
                     tracking: dict | None = None) -> dict:
     """Start the ranks with TorchDistributor and make sure each of them finished (``feed``: see train_rank)."""
@@ -267,8 +319,12 @@ def run_distributed(spark, features_dir: Path, out_dir: Path, cfg: dict, model_c
         stale.unlink()
     distributor = TorchDistributor(num_processes=ranks, local_mode=local_mode, use_gpu=use_gpu)
     error = None
+    # Local mode: ranks on loopback (a cluster's ranks must reach each other across hosts).
+    env = local_rank_env(out_dir, os.environ) if local_mode else {}
     try:
-        result = distributor.run(train_rank, str(features_dir), str(out_dir), cfg, model_cfg, use_gpu, feed, tracking)
+        with ranks_environment(env):
+            result = distributor.run(train_rank, str(features_dir), str(out_dir), cfg, model_cfg, use_gpu, feed,
+                                     tracking)
     except Exception as err:  # noqa: BLE001 - reported below with which ranks failed
         result, error = None, err
     # Local mode may ignore a child's exit code: each rank proves it finished with a status file.
