@@ -242,6 +242,23 @@ def mlflow_server(tmp_path):
         proc.wait(timeout=30)
 
 
+def test_a_server_refusing_our_host_header_is_named_with_the_fix(mlflow_server, tmp_path, monkeypatch):
+    """Issue 18's reproducer: MLflow 3.x answers HTTP 403 to a Host header it does not allow (a
+    server started without --allowed-hosts, reached by its host name); the job says so and how to
+    fix it instead of "does not answer"."""
+    from photoz_spark.errors import RegistryUnavailable
+    from photoz_spark.registry import tracking
+
+    host = socket.gethostname()
+    if not socket.gethostbyname(host).startswith("127."):
+        pytest.skip(f"the host name {host} does not resolve to loopback, where the test server listens")
+    uri = f"http://{host}:{mlflow_server.rsplit(':', 1)[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # as a user would; restored after the test
+    with pytest.raises(RegistryUnavailable) as info:
+        tracking.connect(uri, tmp_path, "x")
+    assert "refused the request (HTTP 403: invalid Host header); start the server with --allowed-hosts" in str(info.value)
+
+
 def test_registry_on_a_real_mlflow_server(workdir, mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     out = train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.max_epochs=1",
