@@ -288,8 +288,8 @@ def sim_order_for(rows: int, density: float) -> int:
 
 
 def run_scale(n: int, workdir: Path, master: str, tracking_uri: str, density: float, parents: list[int],
-              driver_memory: str, interval: float) -> dict:
-    """The three stages at ~n rows; returns {stage: measurement}."""
+              driver_memory: str, interval: float, save=lambda results: None) -> dict:
+    """The three stages at ~n rows; returns {stage: measurement}, passing it to ``save`` after each stage."""
     wd = workdir / f"n{n}"
     shutil.rmtree(wd, ignore_errors=True)
     common = ["--workdir", str(wd), "--master", master, f"spark.driver_memory={driver_memory}",
@@ -303,18 +303,21 @@ def run_scale(n: int, workdir: Path, master: str, tracking_uri: str, density: fl
     cats = {c: rows_of(wd / "catalogs" / c) for c in ("dr16q", "desi_ls")}
     r["rows"] = cats["dr16q"] + cats["desi_ls"] + rows_of(wd / "truth" / "sky")
     results["simulate"] = r
+    save(results)
     print(f"  simulate      {r['rows']:>12,d} rows written (desi_ls {cats['desi_ls']:,d}, dr16q {cats['dr16q']:,d})",
           flush=True)
     r = run_job("crossmatch.py", [*common, "'crossmatch.right=[desi_ls]'"], logs / "crossmatch.log",
                 events=events / "crossmatch", **kw)
     r.update(rows=cats["dr16q"], right_rows=cats["desi_ls"])
     results["crossmatch"] = r
+    save(results)
     print(f"  crossmatch    {r['rows']:>12,d} left x {cats['desi_ls']:,d} right rows", flush=True)
     r = run_job("score_catalog.py", [*common, "--input", "catalogs/desi_ls", "--model", MODEL_NAME,
                                      f"mlflow.tracking_uri={tracking_uri}"], logs / "score.log",
                 events=events / "score", **kw)
     r["rows"] = rows_of(wd / "scores" / "desi_ls")
     results["score"] = r
+    save(results)
     print(f"  score         {r['rows']:>12,d} rows", flush=True)
     r = {"data_bytes": sum(p.stat().st_size for p in wd.rglob("*") if p.is_file())}
     results["_data"] = r
@@ -409,11 +412,16 @@ def main(argv: list[str] | None = None) -> dict:
         for n in args.rows:
             print(f"N = {n:,d} on {master} ({'standalone' if cluster else args.master})", flush=True)
             t0 = time.perf_counter()
-            got = run_scale(n, workdir, master, tracking_uri, density, parents, args.driver_memory, args.poll)
+
+            def save(partial, n=n):  # a stage at a time: a run stopped at 10^7 keeps what it measured
+                results.update(json.loads(store.read_text()) if store.is_file() else {})
+                results[str(n)] = partial
+                store.write_text(json.dumps(results, indent=1))
+
+            got = run_scale(n, workdir, master, tracking_uri, density, parents, args.driver_memory, args.poll, save)
             got["_data"].update(master=args.master, load=os.getloadavg(), finished=time.strftime("%Y-%m-%d %H:%M"),
                                 seconds=time.perf_counter() - t0)
-            results[str(n)] = got
-            store.write_text(json.dumps(results, indent=1))
+            save(got)
             if not args.keep:
                 shutil.rmtree(workdir / f"n{n}", ignore_errors=True)
     finally:

@@ -33,7 +33,8 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    if default == "auto" and isinstance(value, bool):  # tri-state settings: auto | true | false (train.use_gpu)
+    # auto-or-value settings: auto | true | false (train.use_gpu), auto | a number (spark.shuffle_partitions)
+    if default == "auto" and isinstance(value, (bool, int)):
         return value
     # bool is a subclass of int in Python: keep true/false and numbers strictly apart.
     if isinstance(default, bool) != isinstance(value, bool) and default is not None:

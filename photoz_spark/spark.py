@@ -21,6 +21,10 @@ CLUSTER_DEFAULTS = {"ship_package": True, "executor_python": "", "executor_wait_
                     "gpu": {"enabled": False, "executor_amount": 1, "task_amount": 1,
                             "discovery_script": "conf/gpu_discovery.sh"}}
 LOOPBACK = ("127.0.0.1", "localhost")
+# spark.shuffle_partitions=auto: this many shuffle partitions per core of the cluster, at least the
+# minimum (adaptive execution coalesces small ones, it never splits a big one: err high).
+SHUFFLE_PARTITIONS_PER_CORE = 4
+MIN_SHUFFLE_PARTITIONS = 8
 
 
 def is_local(master: str) -> bool:
@@ -51,12 +55,37 @@ def cluster_settings(spark_config: dict) -> dict:
     return {**CLUSTER_DEFAULTS, **{k: spark_config[k] for k in CLUSTER_DEFAULTS if k in spark_config}, "gpu": gpu}
 
 
+def shuffle_partitions(setting, cores: int) -> int:
+    """Spark's shuffle partitions for ``spark.shuffle_partitions``: a number as given, or ``auto``.
+
+    ``auto`` sizes them from the cluster (``SHUFFLE_PARTITIONS_PER_CORE`` x its cores, at least
+    ``MIN_SHUFFLE_PARTITIONS``: 8 on two cores, 1,024 on 256), so no shuffle (the crossmatch's id
+    aggregation, the simulator's colour figure) is held to a fixed task count on a big cluster.
+
+    Args:
+        setting: ``spark.shuffle_partitions``: a whole number >= 1 or "auto".
+        cores: the cluster's cores (Spark's default parallelism).
+
+    Returns:
+        The number of shuffle partitions.
+
+    Raises:
+        ConfigError: a setting that is neither.
+    """
+    if str(setting).strip().lower() == "auto":
+        return max(MIN_SHUFFLE_PARTITIONS, SHUFFLE_PARTITIONS_PER_CORE * int(cores))
+    if isinstance(setting, bool) or not str(setting).strip().isdigit() or int(setting) < 1:
+        raise ConfigError(f"spark.shuffle_partitions must be a whole number >= 1 or auto, got {setting!r}")
+    return int(setting)
+
+
 def validate(spark_config: dict) -> None:
     """Refuse bad cluster settings before a JVM starts.
 
     Raises:
         ConfigError: with the key to change.
     """
+    shuffle_partitions(spark_config["shuffle_partitions"], 1)
     cluster = cluster_settings(spark_config)
     if not float(cluster["executor_wait_s"]) > 0:
         raise ConfigError(f"spark.executor_wait_s must be > 0, got {cluster['executor_wait_s']}")
@@ -161,7 +190,8 @@ def _conf_pairs(spark_config: dict) -> dict[str, str]:
     """
     conf = {
         "spark.driver.memory": spark_config["driver_memory"],
-        "spark.sql.shuffle.partitions": spark_config["shuffle_partitions"],
+        # auto: a placeholder until the cluster's cores are known (``_size_shuffles``)
+        "spark.sql.shuffle.partitions": shuffle_partitions(spark_config["shuffle_partitions"], 1),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": spark_config["arrow_batch_size"],
         "spark.ui.showConsoleProgress": "true",
@@ -238,7 +268,15 @@ def get_spark(config: dict, extra_conf: dict | None = None) -> SparkSession:
     spark.sparkContext.setLogLevel(spark_config["log_level"])
     if cluster is not None:
         _prepare_cluster(spark, cluster, shipped)
+    _size_shuffles(spark, spark_config["shuffle_partitions"])
     return spark
+
+
+def _size_shuffles(spark: SparkSession, setting) -> None:
+    """``spark.shuffle_partitions=auto``: set the session's shuffle partitions from its cores (once the
+    executors are there, on a cluster; with dynamic allocation, the cores it started with)."""
+    spark.conf.set("spark.sql.shuffle.partitions",
+                   str(shuffle_partitions(setting, spark.sparkContext.defaultParallelism)))
 
 
 def _prepare_cluster(spark: SparkSession, cluster: dict, shipped) -> None:

@@ -176,3 +176,16 @@ def test_key_value_overrides_before_and_after_options():
     parser = job_parser("test", "train.yaml")
     _, config, workdir = parse_job_args(parser, ["train.features=mine", "--workdir", "/tmp/w", "train.max_epochs=1"])
     assert config["train"]["features"] == "mine" and config["train"]["max_epochs"] == 1 and str(workdir.root) == "/tmp/w"
+
+
+def test_shuffle_partitions_auto_follows_the_cluster_cores():
+    """spark.shuffle_partitions=auto (the default): 4 per core, at least 8; a number stays that number."""
+    from photoz_spark.spark import shuffle_partitions
+
+    assert load_config()["spark"]["shuffle_partitions"] == "auto"
+    assert [shuffle_partitions("auto", cores) for cores in (1, 2, 16, 256)] == [8, 8, 64, 1024]
+    assert shuffle_partitions(16, 256) == 16
+    assert shuffle_partitions("16", 2) == 16
+    for bad in (0, "many", True, -3, 2.5):
+        with pytest.raises(ConfigError, match="spark.shuffle_partitions must be a whole number >= 1 or auto"):
+            shuffle_partitions(bad, 2)
