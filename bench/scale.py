@@ -370,7 +370,9 @@ def report(results: dict) -> str:
         a = round(sum(task) / len(task) - b * sum(xs) / len(xs), 1) + 0.0  # no "-0.0"
         steps = ", ".join(f"{(t2 - t1) / (x2 - x1):.2f}" for x1, x2, t1, t2 in
                           zip(xs, xs[1:], task, task[1:], strict=False) if x2 > x1)
-        lines.append(f"{stage:<11} driver RSS: Python {py:+7.2f}, JVM {jvm:+7.2f}, JVM heap {heap:+7.2f} MiB/10^6 rows; "
+        grew = [rs[-1][k] - rs[0][k] for k in ("driver_python_peak_mib", "driver_jvm_peak_mib")]
+        lines.append(f"{stage:<11} driver RSS: Python {py:+7.2f}, JVM {jvm:+7.2f}, JVM heap {heap:+7.2f} MiB/10^6 rows "
+                     f"(largest N - smallest N: Python {grew[0]:+.0f}, JVM {grew[1]:+.0f} MiB); "
                      f"task time {a:.1f} s + {b:.2f} µs/row (CPU {b_cpu:.2f} µs/row); marginal µs/row: {steps or '-'}")
     return "\n".join(lines)
 
