@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import healpy as hp
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -75,6 +74,8 @@ def healpix29(ra_deg, dec_deg) -> np.ndarray:
     dec = np.asarray(dec_deg, dtype=np.float64)
     if not (np.all(np.isfinite(ra)) and np.all(np.isfinite(dec))):
         raise ValueError("healpix29: RA and Dec must all be finite")
+    import healpy as hp  # here: healpy's import (matplotlib, astropy: ~1.4 CPU s) is not every worker's
+
     return np.asarray(hp.ang2pix(2**HEALPIX_ORDER, ra, dec, nest=True, lonlat=True), dtype=np.int64)
 
 

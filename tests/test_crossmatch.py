@@ -13,6 +13,7 @@ from scipy.spatial import cKDTree
 from photoz_spark import hats
 from photoz_spark.bands import load_bands
 from photoz_spark.crossmatch import geometry
+from photoz_spark.crossmatch.algorithm import HealpixMatch, KdTreeMatch, Sky
 from photoz_spark.flags import Flag
 from photoz_spark.jobs import crossmatch as crossmatch_job
 from photoz_spark.jobs import simulate_sky
@@ -72,6 +73,47 @@ def _displace(ra, dec, arcsec, angle):
     return w / np.linalg.norm(w, axis=1)[:, None]
 
 
+@pytest.mark.parametrize("radius", [1.5, 90.0, 3600.0, 15000.0])
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_healpix_cells_agree_with_the_tree_row_for_row(radius, shuffled):
+    """HealpixMatch (sorted cells + 8 neighbours) finds exactly the k-d tree's matches, ranks and
+    candidate counts: left rows on the cells' corners (3- and 4-cell vertices), at both poles and
+    across RA 0, right rows 0-1.3 radii away in any direction, some at one position (ties to the
+    lower id), right rows sorted by _healpix_29 or not."""
+    rng = np.random.default_rng(int(radius))
+    algorithms = [cls(radius, 3) for cls in (HealpixMatch, KdTreeMatch)]
+    for algorithm in algorithms:
+        algorithm.validate()
+    order = algorithms[0].cell_order
+    assert geometry.pixel_size_arcsec(order) >= geometry.CELL_SIZE_PER_RADIUS * radius
+    corners = hp.boundaries(2**order, rng.integers(0, 12 * 4**order, 60), step=1, nest=True)
+    places = np.concatenate([np.transpose(corners, (0, 2, 1)).reshape(-1, 3),
+                             geometry.unit_vectors(rng.uniform(0, 360, 20), np.r_[np.full(10, 90.0), np.full(10, -90.0)]),
+                             geometry.unit_vectors(np.r_[np.zeros(10), np.full(10, 359.9999)], rng.uniform(-80, 80, 20))])
+    n = len(places)
+    lra, ldec = hp.vec2ang(_displace(*hp.vec2ang(places, lonlat=True), rng.uniform(0, 0.3 * radius, n),
+                                     rng.uniform(0, 2 * np.pi, n)), lonlat=True)
+    src = np.repeat(np.arange(n), rng.integers(0, 5, n))
+    rra, rdec = hp.vec2ang(_displace(lra[src], ldec[src], rng.uniform(0, 1.3 * radius, len(src)),
+                                     rng.uniform(0, 2 * np.pi, len(src))), lonlat=True)
+    rra, rdec = np.r_[rra, rra[:20]] % 360, np.r_[rdec, rdec[:20]]  # 20 positions twice: ties
+    h29 = hats.healpix29(rra, rdec)
+    rows = rng.permutation(len(rra)) if shuffled else np.argsort(h29, kind="stable")
+    right = Sky(rra[rows], rdec[rows], h29[rows])
+    id_order = rng.permutation(len(rra))
+    left = Sky(lra % 360, ldec, hats.healpix29(lra % 360, ldec))
+    found = [a.match(left, right, id_order, a.prepare(right)) for a in algorithms]
+    for field in ("left", "right", "sep_arcsec", "rank", "n_candidates"):
+        np.testing.assert_array_equal(getattr(found[0], field), getattr(found[1], field), err_msg=field)
+    tree = cKDTree(right.xyz())
+    counts = [len(c) for c in tree.query_ball_point(left.xyz(), _chord(radius) * (1 + 1e-9))]
+    np.testing.assert_array_equal(found[0].n_candidates, counts)
+    assert (found[0].rank > 1).sum() >= 20 and (found[0].n_candidates > 3).sum() >= 5  # not vacuous
+    # Not vacuous: many matches cross a cell border, some at the poles.
+    lc, rc = geometry.cells_of(left.h29, order), geometry.cells_of(right.h29, order)
+    assert (lc[found[0].left] != rc[found[0].right]).sum() >= 50
+
+
 @pytest.mark.parametrize("left_order, margin_order", [(4, 10), (2, 13), (6, 6), (8, 5), (3, 20)])
 @pytest.mark.parametrize("dec_range", [(-90, 90), (89.0, 90.0), (-90.0, -89.0), (41.0, 42.5)])
 def test_search_region_holds_every_counterpart_near_the_pixel(left_order, margin_order, dec_range):
@@ -99,6 +141,24 @@ def test_search_region_holds_every_counterpart_near_the_pixel(left_order, margin
         rows = np.flatnonzero(left_pix == npix)
         lo, hi = geometry.search_region(int(npix), left_order, margin_order)
         assert geometry.in_region(right_h29[rows], lo, hi).all(), (npix, ra[rows], dec[rows])
+
+
+@pytest.mark.parametrize("order", [0, 1, 2, 5, 13, 29])
+def test_neighbours_are_healpys(order):
+    """Neighbours by bit arithmetic inside a base pixel (healpy only on its edges) are healpy's,
+    in healpy's order, -1 included: every pixel at low orders, base-pixel edges, corners and
+    random pixels at fine ones."""
+    rng = np.random.default_rng(order)
+    side = 2**order
+    if order <= 2:
+        pixels = np.arange(12 * 4**order)
+    else:
+        t = rng.integers(0, side, 50)
+        edge = np.r_[t * 0, t * 0 + side - 1, t, t], np.r_[t, t, t * 0, t * 0 + side - 1]
+        local = geometry._interleave(*(np.asarray(a, dtype=np.int64) for a in edge))
+        pixels = np.r_[(rng.integers(0, 12, len(local)) << 2 * order) + local, rng.integers(0, 12 * 4**order, 500)]
+    np.testing.assert_array_equal(geometry.neighbours(pixels, order),
+                                  hp.get_all_neighbours(side, pixels, nest=True))
 
 
 def test_search_region_is_the_pixel_and_a_thin_ring():
@@ -534,3 +594,27 @@ def test_catalogs_under_any_name_match_by_what_they_record(spark, tmp_path):
     assert out["psfFlux_r"].to_pylist()[:2] == pytest.approx([5.2, 6.2])  # row 2 of the writer's bands: r
     matched = hats.read_properties(tmp_path / "matched" / "mine")
     assert matched["photoz_catalog"] == "specz" and matched["photoz_bands"] == "sdss_g sdss_r"
+
+
+def test_duplicate_ids_on_the_driver_and_with_spark_agree(spark, tmp_path, monkeypatch):
+    """Small catalogs are counted on the driver (pyarrow), big ones by a Spark aggregation: the
+    same duplicated ids either way (integer and string ids; nulls are never duplicates)."""
+    from photoz_spark.crossmatch import run as xm_run
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    ra, dec = rng.uniform(0, 360, n), np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    ints = rng.integers(0, 2500, n)  # ~500 ids occur more than once, in any pixel
+    for ids in (pa.array(ints, type=pa.int64()), pa.array([f"id{i}" if i % 97 else None for i in ints])):
+        folder = tmp_path / str(ids.type)
+        hats.write_hats_table(pa.table({"THING_ID": ids, "RA": ra, "DEC": dec, "_healpix_29": hats.healpix29(ra, dec)}),
+                              folder, order=2, ra_col="RA", dec_col="DEC", catalog_name="dr16q")
+        catalog = xm_run.InputCatalog(name="dr16q", path=folder, id="THING_ID", ra="RA", dec="DEC", band_columns=(),
+                                      schema=hats.read_schema(folder), properties=hats.read_properties(folder))
+        values, counts = np.unique([v for v in ids.to_pylist() if v is not None], return_counts=True)
+        expected = sorted(values[counts > 1].tolist())
+        assert len(expected) > 100
+        assert xm_run.duplicate_ids(spark, catalog) == expected
+        monkeypatch.setattr(xm_run, "DRIVER_ID_ROWS", 10)
+        assert xm_run.duplicate_ids(spark, catalog) == expected
+        monkeypatch.undo()

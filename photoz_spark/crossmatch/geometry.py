@@ -1,14 +1,15 @@
 """The crossmatch's math as pure numpy: unit vectors, separations, margin order, search regions.
 
 Spark only schedules the pixels; every number the crossmatch produces comes from a function
-here or from ``algorithm.py``.
+here or from ``algorithm.py``. Neighbours inside a base pixel are bit arithmetic on the nested
+index; healpy (whose import costs a Spark worker ~1.4 CPU s) is imported only for pixels on a
+base pixel's edge.
 """
 
 from __future__ import annotations
 
 import math
 
-import healpy as hp
 import numpy as np
 
 from photoz_spark.hats import HEALPIX_ORDER
@@ -18,6 +19,10 @@ ARCSEC_PER_RAD = 180.0 / math.pi * 3600.0
 # by sampling, worst case near the 8 vertices where only 3 base pixels meet and at the poles).
 # Requiring 10x keeps a wide margin and keeps the candidate pairs per left row few.
 PIXEL_SIZE_PER_RADIUS = 10.0
+# HealpixMatch's cells: a left row's candidates are the right rows of its cell and the 8 around,
+# which hold every point within ~0.7 cell sizes; 4 radii per cell keeps a wide margin (r <= 0.25
+# cells) and few candidates per row (9 cells of 16 r^2 each).
+CELL_SIZE_PER_RADIUS = 4.0
 
 
 def unit_vectors(ra_deg, dec_deg) -> np.ndarray:
@@ -61,14 +66,16 @@ def valid_coords(ra_deg, dec_deg) -> np.ndarray:
 
 def pixel_size_arcsec(order: int) -> float:
     """The side of a HEALPix pixel at ``order``: the square root of its area, in arcsec."""
-    return math.sqrt(hp.nside2pixarea(2**order)) * ARCSEC_PER_RAD
+    return math.sqrt(4.0 * math.pi / (12 * 4**order)) * ARCSEC_PER_RAD
 
 
-def auto_join_order(radius_arcsec: float) -> int:
-    """The finest HEALPix order whose pixel size is at least ``PIXEL_SIZE_PER_RADIUS`` x radius.
+def auto_join_order(radius_arcsec: float, per_radius: float = PIXEL_SIZE_PER_RADIUS) -> int:
+    """The finest HEALPix order whose pixel size is at least ``per_radius`` x radius.
 
     Args:
         radius_arcsec: the match radius, > 0.
+        per_radius: pixel size in radii (``PIXEL_SIZE_PER_RADIUS`` for margins,
+            ``CELL_SIZE_PER_RADIUS`` for HealpixMatch's cells).
 
     Returns:
         An order in 0..29 (29 for radii too small to matter).
@@ -76,10 +83,10 @@ def auto_join_order(radius_arcsec: float) -> int:
     Raises:
         ValueError: if even order 0 is too fine (radius above ~5.9 deg).
     """
-    need = PIXEL_SIZE_PER_RADIUS * radius_arcsec
+    need = per_radius * radius_arcsec
     if pixel_size_arcsec(0) < need:
         raise ValueError(f"radius {radius_arcsec} arcsec is too large for a pixel join: the largest is "
-                         f"{pixel_size_arcsec(0) / PIXEL_SIZE_PER_RADIUS:.0f} arcsec")
+                         f"{pixel_size_arcsec(0) / per_radius:.0f} arcsec")
     # Pixel size halves with each order: solve, then step back over rounding.
     order = min(HEALPIX_ORDER, math.floor(math.log2(pixel_size_arcsec(0) / need)))
     while order > 0 and pixel_size_arcsec(order) < need:
@@ -138,8 +145,64 @@ def _boundary_children(npix: int, depth: int) -> np.ndarray:
 
 
 def _neighbours(pixels: np.ndarray, order: int) -> np.ndarray:
-    ring = np.asarray(hp.get_all_neighbours(2**order, pixels, nest=True), dtype=np.int64).ravel()
+    ring = neighbours(pixels, order).ravel()
     return np.unique(ring[ring >= 0])  # -1: the missing 8th neighbour at the 8 vertices
+
+
+_STEPS = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
+
+
+def neighbours(pixels: np.ndarray, order: int) -> np.ndarray:
+    """The 8 neighbours of nested pixels at ``order``: int64 (8, n), -1 where a vertex has only 7.
+
+    Inside a base pixel the neighbours are the (x +- 1, y +- 1) of the nested index's
+    interleaved bits; pixels on a base pixel's edge (4 / 2^order of them) ask healpy, whose
+    tables know which base pixel lies across.
+    """
+    pixels = np.asarray(pixels, dtype=np.int64).ravel()
+    side = np.int64(1) << order
+    base = pixels >> 2 * order
+    x, y = _deinterleave(pixels & ((np.int64(1) << 2 * order) - 1))
+    out = np.empty((8, len(pixels)), dtype=np.int64)
+    for i, (dx, dy) in enumerate(_STEPS):
+        out[i] = (base << 2 * order) | _interleave(np.clip(x + dx, 0, side - 1), np.clip(y + dy, 0, side - 1))
+    edge = np.flatnonzero((x == 0) | (y == 0) | (x == side - 1) | (y == side - 1))
+    if len(edge):
+        import healpy as hp
+
+        out[:, edge] = np.asarray(hp.get_all_neighbours(int(side), pixels[edge], nest=True),
+                                  dtype=np.int64).reshape(8, -1)
+    return out
+
+
+def _deinterleave(local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of nested indices inside a base pixel: x from the even bits, y from the odd bits."""
+    return _compact(local), _compact(local >> 1)
+
+
+def _compact(v: np.ndarray) -> np.ndarray:
+    v = v.astype(np.uint64) & np.uint64(0x5555555555555555)
+    for shift, mask in ((1, 0x3333333333333333), (2, 0x0F0F0F0F0F0F0F0F), (4, 0x00FF00FF00FF00FF),
+                        (8, 0x0000FFFF0000FFFF), (16, 0x00000000FFFFFFFF)):
+        v = (v | (v >> np.uint64(shift))) & np.uint64(mask)
+    return v.astype(np.int64)
+
+
+def _interleave(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return _spread(x) | (_spread(y) << 1)
+
+
+def _spread(v: np.ndarray) -> np.ndarray:
+    v = v.astype(np.uint64) & np.uint64(0x00000000FFFFFFFF)
+    for shift, mask in ((16, 0x0000FFFF0000FFFF), (8, 0x00FF00FF00FF00FF), (4, 0x0F0F0F0F0F0F0F0F),
+                        (2, 0x3333333333333333), (1, 0x5555555555555555)):
+        v = (v | (v << np.uint64(shift))) & np.uint64(mask)
+    return v.astype(np.int64)
+
+
+def cells_of(h29: np.ndarray, order: int) -> np.ndarray:
+    """Nested pixel indices at ``order`` of order-29 indices (``_healpix_29``)."""
+    return np.asarray(h29, dtype=np.int64) >> 2 * (HEALPIX_ORDER - order)
 
 
 def _merge(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,12 +249,27 @@ def sorted_region_rows(h29_sorted: np.ndarray, lo: np.ndarray, hi: np.ndarray) -
     keep = last > first
     if not keep.any():
         return np.zeros(0, dtype=np.int64)
-    first, last = first[keep], last[keep]
-    lengths = last - first
-    # Concatenated aranges: the start of each run, then +1 steps.
+    return concatenated_ranges(first[keep], (last - first)[keep])
+
+
+def concatenated_ranges(first: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(f, f + n) for f, n in zip(first, lengths)])`` without a Python loop.
+
+    Args:
+        first: int64 start of each range.
+        lengths: int64 length of each (>= 0).
+
+    Returns:
+        int64 indices, range after range.
+    """
+    keep = lengths > 0
+    first, lengths = np.asarray(first, dtype=np.int64)[keep], np.asarray(lengths, dtype=np.int64)[keep]
+    if not len(first):
+        return np.zeros(0, dtype=np.int64)
+    # The start of each run, then +1 steps: a cumulative sum.
     steps = np.ones(lengths.sum(), dtype=np.int64)
     heads = np.cumsum(lengths) - lengths
-    steps[heads] = first - np.r_[0, last[:-1] - 1]
+    steps[heads[1:]] = first[1:] - (first[:-1] + lengths[:-1] - 1)
     steps[0] = first[0]
     return np.cumsum(steps)
 

@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 from photoz_spark import hats
 from photoz_spark.bands import Registry
 from photoz_spark.config import require
-from photoz_spark.crossmatch import geometry
-from photoz_spark.crossmatch.algorithm import CrossmatchAlgorithm, KdTreeMatch
+from photoz_spark.crossmatch import geometry, margins
+from photoz_spark.crossmatch.algorithm import CrossmatchAlgorithm, HealpixMatch, KdTreeMatch, Sky
 from photoz_spark.crossmatch.catalogs import CatalogError, InputCatalog, open_catalog
 from photoz_spark.flags import FLAGS_COLUMN, Flag, count_flags
 from photoz_spark.staging import job_staging
@@ -42,7 +42,9 @@ RESERVED_PREFIX = "_xm_"  # reserved for the crossmatch's own columns: catalogs 
 LEFT_BATCH_ROWS = 65_536  # left rows matched at a time (the right region stays in memory per task)
 RIGHT_BYTES_PER_TASK = 256 * 2**20  # at most this much right-catalog data (on disk) per task's block
 TASKS_PER_CORE = 4  # at least this many tasks per core, so the small ones even out the big ones
+DRIVER_ID_ROWS = 2**24  # duplicate ids found on the driver (~128 MB of int64 ids at most), above with Spark
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ALGORITHMS = {a.name: a for a in (HealpixMatch, KdTreeMatch)}  # crossmatch.algorithm
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,10 @@ def make_algorithm(xm: dict) -> CrossmatchAlgorithm:
     join_order = str(xm["join_order"]).strip()
     require(join_order == "auto" or join_order.isdigit(),
             f"crossmatch.join_order must be auto or a HEALPix order 0..{hats.HEALPIX_ORDER}, got {xm['join_order']!r}")
-    algorithm = KdTreeMatch(xm["radius_arcsec"], xm["k"],
-                                      None if join_order == "auto" else int(join_order))
+    require(xm["algorithm"] in ALGORITHMS,
+            f"crossmatch.algorithm must be one of {', '.join(ALGORITHMS)}, got {xm['algorithm']!r}")
+    algorithm = ALGORITHMS[xm["algorithm"]](xm["radius_arcsec"], xm["k"],
+                                            None if join_order == "auto" else int(join_order))
     algorithm.validate()
     return algorithm
 
@@ -195,7 +199,7 @@ def crossmatch(spark, plan: CrossmatchPlan, workdir) -> dict:
     """
     t0 = time.time()
     duplicates = spark.sparkContext.broadcast(duplicate_ids(spark, plan.left))
-    rights = [RightSide(c, *hats.partition_pixels(c.path)) for c in plan.right]
+    rights = right_sides(spark, plan)
     blocks = task_order(plan, rights, spark.sparkContext.defaultParallelism)
     process = _BlockMatcher(plan, rights, duplicates, blocks)
     with job_staging(workdir.root, "crossmatch") as stage:
@@ -205,6 +209,7 @@ def crossmatch(spark, plan: CrossmatchPlan, workdir) -> dict:
         stage.commit()
     duplicates.destroy()
     summary = _summarise(plan, {**written, "task_order": blocks})
+    summary["margin_cache"] = {side.catalog.name: side.margin_note for side in rights}
     seconds = time.time() - t0
     summary.update(seconds=seconds, rows_per_s=summary["rows_in"] / seconds if seconds > 0 else 0.0)
     return summary
@@ -213,14 +218,39 @@ def crossmatch(spark, plan: CrossmatchPlan, workdir) -> dict:
 def duplicate_ids(spark, catalog: InputCatalog) -> list:
     """The left ids that occur more than once in the whole catalog (for Flag.DUPLICATE_ID).
 
-    One Spark aggregation over the id column alone (map-side combined: ~8 bytes a row go
-    through the shuffle, no other column); the driver holds only the duplicated ids. Null ids
-    are never duplicates (as a join on them never matches).
+    Up to ``DRIVER_ID_ROWS`` rows (``hats_nrows``), the driver reads the id column with pyarrow
+    (at most ~8 bytes x that many rows, a fixed bound whatever the catalog: a Spark job costs
+    several CPU seconds of JVM time however few the rows). Above it, one Spark aggregation over
+    the id column alone (map-side combined: ~8 bytes a row go through the shuffle, no other
+    column); the driver holds only the duplicated ids. Null ids are never duplicates (as a join
+    on them never matches).
+
+    Returns:
+        The duplicated ids, sorted.
     """
+    rows = int(catalog.properties.get("hats_nrows", DRIVER_ID_ROWS + 1))
+    if rows <= DRIVER_ID_ROWS:
+        return _duplicate_ids_local(catalog)
     from pyspark.sql import functions as F
 
     ids = hats.read_hats(spark, catalog.path).select(catalog.id).where(F.col(catalog.id).isNotNull())
-    return [row[0] for row in ids.groupBy(catalog.id).count().where(F.col("count") > 1).select(catalog.id).collect()]
+    return sorted(row[0] for row in ids.groupBy(catalog.id).count().where(F.col("count") > 1)
+                  .select(catalog.id).collect())
+
+
+def _duplicate_ids_local(catalog: InputCatalog) -> list:
+    """``duplicate_ids`` on the driver: every file's id column, counted with pyarrow."""
+    order, pixels = hats.partition_pixels(catalog.path)
+    dataset = catalog.path / hats.DATASET_DIR
+    ids = [pq.ParquetFile(dataset / hats.pixel_relpath(order, p)).read(columns=[catalog.id], use_threads=False)
+           .column(0) for p in pixels.tolist()]
+    if not ids:
+        return []
+    column = pa.chunked_array([c for chunked in ids for c in chunked.chunks],
+                              type=catalog.schema.field(catalog.id).type).drop_null()
+    counts = pc.value_counts(column)
+    values = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    return sorted(values.to_pylist())
 
 
 @dataclass(frozen=True)
@@ -230,12 +260,33 @@ class RightSide:
     catalog: InputCatalog
     order: int
     pixels: np.ndarray  # sorted Npix at ``order``
+    margins: Path | None = None  # its margin cache (``margins``): border rows of each pixel
+    margin_note: str = "none"    # for the summary: built (rows), current, or why none
 
     @property
     def columns(self) -> list[str]:
         return [self.catalog.id, self.catalog.ra, self.catalog.dec, hats.HEALPIX_COLUMN, *self.catalog.band_columns,
                 *self.catalog.carried]
 
+
+def right_sides(spark, plan: CrossmatchPlan) -> list[RightSide]:
+    """The right catalogs with their partitions and current margin caches (built when missing or stale).
+
+    A catalog whose folder cannot be written (a shared, read-only copy) is read without a
+    cache: whole neighbour files, the same rows kept.
+    """
+    sides = []
+    for catalog in plan.right:
+        order, pixels = hats.partition_pixels(catalog.path)
+        try:
+            cache, built = margins.ensure(spark, catalog.path, plan.algorithm.join_order)
+        except OSError as err:
+            cache, built = None, {"error": f"{type(err).__name__}: {err}"}
+        note = ("none: the catalog's order is finer than the margin order" if cache is None and built is None
+                else f"none ({built['error']})" if cache is None
+                else "current" if built is None else f"built ({built['rows']:,d} border rows)")
+        sides.append(RightSide(catalog, order, pixels, cache, note))
+    return sides
 
 def output_schema(plan: CrossmatchPlan) -> pa.Schema:
     """The output's Arrow schema, in ``plan.columns`` order."""
@@ -269,9 +320,10 @@ class _BlockMatcher:
         if block != self._block:
             self._sides = []  # free the previous block's rows before reading the next
             lo, hi = geometry.search_region(block, self.block_order, plan.algorithm.join_order)
-            self._sides = [_read_right(side, lo, hi, plan.algorithm) for side in self.rights]
+            self._sides = [_read_right(side, lo, hi, plan.algorithm, (block, self.block_order))
+                           for side in self.rights]
             self._block = block
-            stats["right_rows_used"] = stats.get("right_rows_used", 0) + sum(len(r.xyz) for r in self._sides)
+            stats["right_rows_used"] = stats.get("right_rows_used", 0) + sum(len(r.sky) for r in self._sides)
             stats["right_rows_read"] = stats.get("right_rows_read", 0) + sum(r.decoded for r in self._sides)
         dup = pa.array(self.duplicates.value, type=plan.left.schema.field(plan.left.id).type)
         for batch in pq.ParquetFile(path).iter_batches(batch_size=LEFT_BATCH_ROWS):
@@ -330,20 +382,23 @@ class _RightRows:
     """A right catalog's rows in one search region, ready to match."""
 
     columns: dict        # id and band columns: name -> pa.Array
-    xyz: np.ndarray      # unit vectors
+    sky: Sky             # positions and _healpix_29
     id_order: np.ndarray  # sorts as the ids do, for ties
-    tree: object         # the algorithm's prepared structure
+    prepared: object     # the algorithm's structure (HealpixMatch: sorted cells; KdTreeMatch: a tree)
     decoded: int         # rows of the files read, before the cut to the region
 
 
-def _read_right(side: RightSide, lo: np.ndarray, hi: np.ndarray, algorithm: CrossmatchAlgorithm) -> _RightRows:
-    """The rows of the right pixels overlapping the region, cut to the region, with finite coordinates."""
-    dataset = side.catalog.path / hats.DATASET_DIR
+def _read_right(side: RightSide, lo: np.ndarray, hi: np.ndarray, algorithm: CrossmatchAlgorithm,
+                block: tuple[int, int]) -> _RightRows:
+    """The rows of the right pixels overlapping the region, cut to the region, with finite coordinates.
+
+    A right pixel that overlaps the block itself is read whole; one that only overlaps the ring
+    is read from the margin cache (its border rows, which hold every row of the ring) when the
+    catalog has one.
+    """
     parts, decoded = [], 0
     for npix in geometry.pixels_in_region(side.pixels, side.order, lo, hi).tolist():
-        # ParquetFile, not read_table: the latter imports pyarrow.dataset (and pandas) in every worker.
-        table = pq.ParquetFile(dataset / hats.pixel_relpath(side.order, npix)).read(columns=side.columns,
-                                                                                   use_threads=False)
+        table = _read_pixel(side, npix, ring_only=not _overlaps(npix, side.order, *block))
         h29 = table.column(hats.HEALPIX_COLUMN).to_numpy()
         if len(h29) > 1 and np.all(h29[1:] >= h29[:-1]):  # HATS files are sorted: binary search
             rows = geometry.sorted_region_rows(h29, lo, hi)
@@ -358,13 +413,42 @@ def _read_right(side: RightSide, lo: np.ndarray, hi: np.ndarray, algorithm: Cros
     finite = np.isfinite(ra) & np.isfinite(dec)
     if not finite.all():
         table, ra, dec = table.filter(pa.array(finite)), ra[finite], dec[finite]
-    xyz = geometry.unit_vectors(ra, dec)
+    sky = Sky(ra, dec, table.column(hats.HEALPIX_COLUMN).to_numpy())
     ids = table.column(catalog.id)
     # Ties in separation go to the lower id: integer ids order themselves, strings by their rank.
     id_order = (pc.fill_null(ids, 0).to_numpy() if pa.types.is_integer(ids.type)
                 else pc.rank(ids, sort_keys="ascending", tiebreaker="dense").to_numpy())
     carried = {c: table.column(c).combine_chunks() for c in [catalog.id, *catalog.band_columns, *catalog.carried]}
-    return _RightRows(carried, xyz, id_order, algorithm.prepare(xyz), decoded)
+    return _RightRows(carried, sky, id_order, algorithm.prepare(sky), decoded)
+
+
+def _overlaps(npix: int, order: int, block: int, block_order: int) -> bool:
+    """Whether pixel ``npix`` at ``order`` and the block at ``block_order`` overlap (nested: one holds the other)."""
+    if order >= block_order:
+        return npix >> 2 * (order - block_order) == block
+    return block >> 2 * (block_order - order) == npix
+
+
+def _read_pixel(side: RightSide, npix: int, ring_only: bool) -> pa.Table:
+    """A right pixel's needed columns: its border rows from the margin cache, or the whole file."""
+    relpath = hats.pixel_relpath(side.order, npix)
+    # ParquetFile, not read_table: the latter imports pyarrow.dataset (and pandas) in every worker.
+    if ring_only and side.margins is not None:
+        try:
+            return pq.ParquetFile(side.margins / relpath).read(columns=side.columns, use_threads=False)
+        except FileNotFoundError:  # a cache being rebuilt by another job: the whole file is as good
+            pass
+    return pq.ParquetFile(side.catalog.path / hats.DATASET_DIR / relpath).read(columns=side.columns,
+                                                                              use_threads=False)
+
+
+def _left_h29(batch: pa.RecordBatch, ra: np.ndarray, dec: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``_healpix_29`` of the left rows with valid coordinates, computed where it is missing."""
+    h29 = pc.fill_null(batch.column(hats.HEALPIX_COLUMN), -1).to_numpy(zero_copy_only=False)[rows]
+    bad = h29 < 0
+    if bad.any():
+        h29[bad] = hats.healpix29(ra[bad], dec[bad])
+    return h29
 
 
 def _degrees(column) -> np.ndarray:
@@ -378,11 +462,11 @@ def _match_batch(plan: CrossmatchPlan, batch: pa.RecordBatch, sides: list[_Right
     ra, dec = _degrees(batch.column(plan.left.ra)), _degrees(batch.column(plan.left.dec))
     ok = geometry.valid_coords(ra, dec)
     good = np.flatnonzero(ok)
-    left_xyz = geometry.unit_vectors(ra[good], dec[good])
+    left = Sky(ra[good], dec[good], _left_h29(batch, ra[good], dec[good], good))
     n = batch.num_rows
     found = []  # per right catalog: (n_candidates per left row, matches with left indices into the batch)
     for side in sides:
-        m = plan.algorithm.match(left_xyz, side.xyz, side.id_order, side.tree)
+        m = plan.algorithm.match(left, side.sky, side.id_order, side.prepared)
         counts = np.zeros(n, dtype=np.int32)
         counts[good] = m.n_candidates
         found.append((counts, good[m.left], m))
