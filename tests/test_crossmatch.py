@@ -618,3 +618,81 @@ def test_duplicate_ids_on_the_driver_and_with_spark_agree(spark, tmp_path, monke
         monkeypatch.setattr(xm_run, "DRIVER_ID_ROWS", 10)
         assert xm_run.duplicate_ids(spark, catalog) == expected
         monkeypatch.undo()
+
+
+# --- the margin cache --------------------------------------------------------------------------
+
+def _right_rows(workdir, block, block_order, cache):
+    """The right rows a task of ``block`` keeps (run._read_right), with the cache or whole files."""
+    from photoz_spark.crossmatch import run as xm_run
+    from photoz_spark.crossmatch.algorithm import HealpixMatch
+    from photoz_spark.crossmatch.catalogs import open_catalog
+
+    catalog = open_catalog("sdss", workdir / "catalogs" / "sdss", REGISTRY, with_bands=True)
+    side = xm_run.RightSide(catalog, *hats.partition_pixels(catalog.path), margins=cache)
+    algorithm = HealpixMatch(1.5, 1)
+    algorithm.validate()
+    lo, hi = geometry.search_region(block, block_order, algorithm.join_order)
+    return xm_run._read_right(side, lo, hi, algorithm, (block, block_order))
+
+
+@pytest.mark.parametrize("block_order", [1, 3, 5])
+def test_margin_cache_holds_every_right_row_near_a_block(tmp_path, block_order):
+    """Blocks coarser than, equal to and finer than the right catalog's order (3), at pixel
+    corners of orders 1-5, both poles and RA 0: the rows kept from the cache (whole files of the
+    pixels overlapping the block, border rows of the others) include every right row within the
+    radius of the block's left positions, as the whole files do; far fewer rows are decoded."""
+    from photoz_spark.crossmatch import margins
+
+    rng = np.random.default_rng(block_order)
+    places = _hard_places(rng, (1, 3, 5))
+    lra, ldec = hp.vec2ang(places, lonlat=True)
+    src = np.repeat(np.arange(len(places)), 3)
+    rxyz = _displace(lra[src], ldec[src], rng.uniform(0, 2.0, len(src)), rng.uniform(0, 2 * np.pi, len(src)))
+    bra, bdec = rng.uniform(0, 360, 20_000), np.degrees(np.arcsin(rng.uniform(-1, 1, 20_000)))  # background
+    rra, rdec = np.r_[hp.vec2ang(rxyz, lonlat=True)[0] % 360, bra], np.r_[hp.vec2ang(rxyz, lonlat=True)[1], bdec]
+    _write_right(tmp_path, "sdss", np.arange(len(rra)), rra, rdec, order=3)
+    path = tmp_path / "catalogs" / "sdss"
+    cache, built = margins.ensure(None, path, geometry.auto_join_order(1.5))
+    assert built["rows"] > 0 and margins.is_current(path, geometry.auto_join_order(1.5))
+    lh = hats.healpix29(lra % 360, ldec)
+    near = cKDTree(geometry.unit_vectors(rra, rdec))
+    decoded = {True: 0, False: 0}
+    for block in np.unique(hats.pixel_at_order(lh, block_order))[:25].tolist():
+        inside = hats.pixel_at_order(lh, block_order) == block
+        wanted = sorted({j for c in near.query_ball_point(geometry.unit_vectors(lra[inside], ldec[inside]),
+                                                          _chord(1.5)) for j in c})
+        kept = {}
+        for use_cache in (True, False):
+            rows = _right_rows(tmp_path, block, block_order, cache if use_cache else None)
+            kept[use_cache] = set(rows.columns["objID"].to_pylist())
+            decoded[use_cache] += rows.decoded
+        assert set(wanted) <= kept[True] <= kept[False], block
+    assert len(wanted) > 0 and decoded[True] < decoded[False] / 2, decoded
+
+
+def test_stale_margin_cache_is_rebuilt(tmp_path):
+    """A right data file changed in place (its size or time differs from the manifest) makes the
+    cache stale: ``ensure`` rebuilds it and the new border rows are the new file's."""
+    from photoz_spark.crossmatch import margins
+
+    rng = np.random.default_rng(3)
+    ra, dec = rng.uniform(0, 360, 5000), np.degrees(np.arcsin(rng.uniform(-1, 1, 5000)))
+    _write_right(tmp_path, "sdss", np.arange(5000), ra, dec, order=2)
+    path, order = tmp_path / "catalogs" / "sdss", 4
+    cache, built = margins.ensure(None, path, order)
+    assert built is not None and margins.ensure(None, path, order) == (cache, None)  # current: reused
+    npix = int(hats.partition_pixels(path)[1][0])
+    data = path / "dataset" / hats.pixel_relpath(2, npix)
+    table = pq.read_table(data)
+    pq.write_table(table.slice(0, table.num_rows // 2), data)  # rows removed in place
+    assert not margins.is_current(path, order)
+    cache, built = margins.ensure(None, path, order)
+    assert built is not None and margins.is_current(path, order)
+    border = pq.read_table(cache / hats.pixel_relpath(2, npix))
+    kept = table.slice(0, table.num_rows // 2)
+    expected = margins.border_rows(kept.column("_healpix_29").to_numpy(), npix, 2, order)
+    assert border.num_rows == expected.sum() > 0
+    assert border.column("objID").to_pylist() == kept.column("objID").filter(pa.array(expected)).to_pylist()
+    # A cache finer than the catalog is impossible (border pixels need the margin order >= the catalog's).
+    assert margins.ensure(None, path, 1) == (None, None)
