@@ -14,6 +14,7 @@ from test_train_job import (
 
 from photoz_spark.bands import load_bands
 from photoz_spark.errors import InputError
+from photoz_spark.jobs import train as train_job
 from photoz_spark.model import BiLSTMMDN, ModelConfig, mdn, mixture
 from photoz_spark.model.ensemble import EnsembleMDN, build_network
 
@@ -185,7 +186,6 @@ def test_finished_member_is_skipped_on_resume(tmp_path, monkeypatch):
 def test_train_job_registers_one_ensemble_that_scores(workdir, capsys):  # noqa: F811
     import mlflow
 
-    from photoz_spark.jobs import train as train_job
     from photoz_spark.registry.artifact import PhotozModel
     from photoz_spark.registry.tracking import download_model
     from photoz_spark.scoring.kernel import score_batch
@@ -194,8 +194,11 @@ def test_train_job_registers_one_ensemble_that_scores(workdir, capsys):  # noqa:
                           "train.ensemble=2", "mlflow.model_name=ensemble"])
     printed = capsys.readouterr().out
     assert out["promotion"]["version"] == 1 and "ensemble      2 members" in printed
+    # auto on 2 ranks, 2 cores: both members at once, one rank each (train.ensemble_parallel)
+    assert "ensemble members [0, 1] of 2 in parallel: 1 rank(s) each" in printed
     parts = out["distributed"]["members"]
     assert [p["seed"] for p in parts] == [0, 1] and out["epochs"] == 2
+    assert [p["num_processes"] for p in parts] == [1, 1]
     assert parts[0]["test_crps"] != parts[1]["test_crps"]  # different seeds: different networks
     m = out["metrics"]
     # CRPS is convex in the PDF: the mixture's mean CRPS is at most the members' average
@@ -225,3 +228,103 @@ def test_train_job_registers_one_ensemble_that_scores(workdir, capsys):  # noqa:
     with torch.no_grad():
         each = [mdn.mean(*mixture(*net(feats, mask))[:2]).numpy() for net in model.network.members]
     np.testing.assert_allclose(zs, np.mean(each, axis=0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.unit
+def test_parallel_members_only_where_the_ranks_split_evenly():
+    from photoz_spark.config import ConfigError
+    from photoz_spark.train.ensemble import parallel_members
+
+    assert parallel_members("auto", 2, 2, False, "arrow", 2) and parallel_members("auto", 2, 4, True, "arrow", 1)
+    assert not parallel_members("auto", 2, 4, False, "arrow", 2)  # 4 CPU ranks on 2 cores: one after another
+    assert not parallel_members("auto", 2, 3, True, "arrow", 8)   # 3 ranks do not split into 2 groups
+    assert not parallel_members("auto", 3, 2, True, "arrow", 8)   # fewer ranks than members
+    assert not parallel_members("auto", 2, 2, False, "petastorm", 2)
+    assert not parallel_members(False, 2, 2, True, "arrow", 8) and not parallel_members(True, 1, 2, True, "arrow", 8)
+    assert parallel_members(True, 2, 4, False, "arrow", 1)  # forced: even if the cores are oversubscribed
+    with pytest.raises(ConfigError, match="3 ranks .* do not split into 2 equal groups"):
+        parallel_members(True, 2, 3, False, "arrow", 8)
+    with pytest.raises(ConfigError, match="petastorm feeds one network's ranks only"):
+        parallel_members(True, 2, 2, False, "petastorm", 8)
+
+
+def test_impossible_parallel_ensemble_refused_in_one_line(workdir, capsys):  # noqa: F811
+    with pytest.raises(SystemExit) as exit_info:
+        train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.ensemble=3", "train.ensemble_parallel=true",
+                        "mlflow.model_name=impossible"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "2 ranks (train.num_processes) do not split into 3 equal groups" in err
+    assert "Traceback" not in err
+
+
+def _members_of(uri: str, version_uri: str) -> list:
+    import mlflow
+
+    from photoz_spark.registry.artifact import PhotozModel
+    from photoz_spark.registry.tracking import download_model
+
+    mlflow.set_tracking_uri(uri)
+    return PhotozModel(download_model(version_uri)).network.members
+
+
+def test_parallel_members_equal_sequential_members(workdir, capsys):  # noqa: F811
+    """Member i trained in a group of one rank (2 ranks, 2 members, one launch) is the network the
+    sequential path trains for seed i on one rank: same initial weights, same shard, same batches.
+
+    Only the ranks' torch thread counts differ (1 per rank of 2 vs 2 for a lone rank: float sums in
+    another order, ~1e-7 after an epoch); on this tiny, noisy problem later epochs amplify that
+    chaotically (measured: val NLL 2.76 vs 3.02 at epoch 2), so one epoch is compared."""
+    common = [*SMALL_MODEL, "train.max_epochs=1", "train.ensemble=2", "train.seed=7"]
+    par = train_job.main(["--workdir", str(workdir), *common, "train.ensemble_parallel=true",
+                          "mlflow.model_name=ens-par"])
+    seq = train_job.main(["--workdir", str(workdir), *common, "train.ensemble_parallel=false",
+                          "train.num_processes=1", "mlflow.model_name=ens-seq"])
+    printed = capsys.readouterr().out
+    assert "in parallel: 1 rank(s) each" in printed and "ensemble member 1 of 2: seed 8" in printed
+    p_parts, s_parts = par["distributed"]["members"], seq["distributed"]["members"]
+    assert [p["seed"] for p in p_parts] == [s["seed"] for s in s_parts] == [7, 8]
+    for p, s in zip(p_parts, s_parts, strict=True):
+        assert p["epochs_run"] == s["epochs_run"] == 1 and p["num_processes"] == s["num_processes"] == 1
+        assert p["best_val_loss"] == pytest.approx(s["best_val_loss"], rel=1e-5)
+        assert p["test_crps"] == pytest.approx(s["test_crps"], rel=1e-5)
+    assert p_parts[0]["best_val_loss"] != pytest.approx(p_parts[1]["best_val_loss"], rel=1e-3)  # members differ
+    assert par["metrics"]["test_crps"] == pytest.approx(seq["metrics"]["test_crps"], rel=1e-5)
+    p_nets = _members_of(par["tracking_uri"], "models:/ens-par/1")
+    s_nets = _members_of(seq["tracking_uri"], "models:/ens-seq/1")
+    for p_net, s_net in zip(p_nets, s_nets, strict=True):
+        for (name, a), b in zip(p_net.state_dict().items(), s_net.state_dict().values(), strict=True):
+            np.testing.assert_allclose(a.double().numpy(), b.double().numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+    first_weights = [next(iter(net.state_dict().values())) for net in p_nets]
+    assert not torch.allclose(*first_weights)  # the two seeds' members are different networks
+
+
+def test_killed_parallel_ensemble_resumes(workdir):  # noqa: F811
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from photoz_spark import PROJECT_DIR
+
+    common = [*SMALL_MODEL, "train.patience=100", "train.ensemble=2", "train.ensemble_parallel=true",
+              "mlflow.model_name=ens-resumable"]
+    proc = subprocess.Popen([sys.executable, str(PROJECT_DIR / "jobs" / "train.py"), "--workdir", str(workdir),
+                             *common, "train.max_epochs=40"], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    histories = [workdir / "train" / "ens-resumable" / f"member-{i}" / "history.jsonl" for i in range(2)]
+
+    def epochs(path):
+        return len(path.read_text().splitlines()) if path.is_file() else 0
+
+    deadline = time.time() + 300
+    while time.time() < deadline and min(epochs(h) for h in histories) < 2:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the job and both members' ranks, mid-training
+    proc.wait()
+    assert all(2 <= epochs(h) < 40 for h in histories)
+    resumed = train_job.main(["--workdir", str(workdir), *common, "train.max_epochs=5"])
+    assert resumed["resumed"] and resumed["promotion"]["version"] == 1
+    parts = resumed["distributed"]["members"]
+    assert [p["epochs_run"] for p in parts] == [5, 5] and resumed["epochs"] == 10  # each member its own 5 epochs
+    assert parts[0]["test_crps"] != parts[1]["test_crps"]

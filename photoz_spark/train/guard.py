@@ -23,7 +23,7 @@ from photoz_spark.errors import InputError
 FINGERPRINT_FILE = "fingerprint.json"
 RUN_ONLY_KEYS = frozenset({"resume", "use_gpu", "backend", "num_processes", "recalibrate", "recalibration",
                            "calibration_knots", "calibration_nodes", "patience", "train_rows",
-                           "recipe"})  # recipe: its resolved values are compared
+                           "recipe", "ensemble_parallel"})  # recipe: its resolved values are compared
 
 
 def fingerprint(cfg: dict, model_cfg: dict, layout: dict, stats: dict, counts: dict) -> dict:

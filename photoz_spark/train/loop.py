@@ -115,8 +115,14 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
+def _rank(group=None) -> int:
+    return dist.get_rank(group) if _distributed() else 0
+
+
+def _world(group=None) -> int:
+    """Ranks that train this network together: the whole job, or (parallel ensemble members) the
+    member's process group."""
+    return dist.get_world_size(group) if _distributed() else 1
 
 
 def resolve_autocast(setting: str, device_type: str, bf16_supported: bool) -> str:
@@ -155,8 +161,9 @@ def _autocast(device: torch.device, kind: str):
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, batches: Iterable[Batch], device, autocast: str = "none") -> float:
-    """Mean NLL over batches (all-reduced across ranks under DDP)."""
+def evaluate_loss(model: torch.nn.Module, batches: Iterable[Batch], device, autocast: str = "none",
+                  group=None) -> float:
+    """Mean NLL over batches (all-reduced across the ranks of ``group`` under DDP; None: all ranks)."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for features, observed, z in batches:
@@ -165,8 +172,8 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable[Batch], device, auto
             logits, mu, sigma = model(features, observed)
         loss = mdn.nll(logits, mu, sigma, z.float())
         total += torch.stack([loss.double().sum(), torch.tensor(float(len(z)), dtype=torch.float64, device=device)])
-    if _distributed():
-        dist.all_reduce(total)
+    if _world(group) > 1:
+        dist.all_reduce(total, group=group)
     if total[1] == 0:
         raise ValueError("the validation split is empty: nothing to evaluate early stopping on")
     return float(total[0] / total[1])
@@ -237,7 +244,8 @@ def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.opt
 def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
           val_batches: Callable[[], Iterable[Batch]], settings: TrainSettings, *,
           device: str | torch.device = "cpu", checkpoint: str | Path | None = None,
-          on_epoch: Callable[[dict], None] | None = None, steps_per_epoch: int | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, steps_per_epoch: int | None = None,
+          group=None) -> TrainResult:
     """Train ``model`` with the settings' recipe; resume from ``checkpoint`` if it exists.
 
     Args:
@@ -251,6 +259,8 @@ def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
         on_epoch: called with each epoch's record (epoch, train_loss, val_loss, lr, seconds, samples_per_s).
         steps_per_epoch: optimizer steps per epoch, for warm-up and the cosine schedule within an
             epoch; None: the rate changes only between epochs (enough for the step schedule).
+        group: the torch.distributed process group that trains this network (a parallel ensemble
+            member's ranks); None: every rank of the job. A group of one rank trains without DDP.
     Returns:
         TrainResult with the best weights (lowest validation NLL), restored into ``model`` too.
     """
@@ -258,7 +268,7 @@ def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
     checkpoint = Path(checkpoint) if checkpoint else None
     torch.manual_seed(settings.seed)
     model.to(device)
-    net = torch.nn.parallel.DistributedDataParallel(model) if _distributed() else model
+    net = torch.nn.parallel.DistributedDataParallel(model, process_group=group) if _world(group) > 1 else model
     opt = make_optimizer(model, settings)
     precision = device_precision(settings, device)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler(precision))
@@ -271,10 +281,10 @@ def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
         if saved.get("scaler"):  # the loss scale reached so far (fp16); older checkpoints have none
             scaler.load_state_dict(saved["scaler"])
         state = saved["loop"]
-    writer = CheckpointWriter(checkpoint) if checkpoint and _rank() == 0 else None
+    writer = CheckpointWriter(checkpoint) if checkpoint and _rank(group) == 0 else None
     try:
         stopped = _epochs(net, model, opt, scaler, state, train_batches, val_batches, settings, device, precision,
-                          writer, on_epoch, steps_per_epoch)
+                          writer, on_epoch, steps_per_epoch, group)
     finally:
         if writer is not None:
             writer.close()
@@ -285,14 +295,14 @@ def train(model: BiLSTMMDN, train_batches: Callable[[int], Iterable[Batch]],
 
 
 def _epochs(net, model, opt, scaler, state, train_batches, val_batches, settings, device, precision,
-            writer, on_epoch, steps_per_epoch) -> bool:
+            writer, on_epoch, steps_per_epoch, group=None) -> bool:
     """The epochs of ``train`` from ``state`` on; True when early stopping ended them."""
     while state["epoch"] < settings.max_epochs:
         epoch = state["epoch"]
         torch.manual_seed(settings.seed + epoch)  # per-epoch seed: a resumed run equals an unbroken one
         record = _run_epoch(net, opt, train_batches(epoch), device, settings, epoch, steps_per_epoch,
                             precision, scaler)
-        record["val_loss"] = evaluate_loss(net, val_batches(), device, precision)
+        record["val_loss"] = evaluate_loss(net, val_batches(), device, precision, group)
         record["epoch"] = epoch
         state["history"].append(record)
         if record["val_loss"] < state["best_val_loss"]:

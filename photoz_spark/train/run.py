@@ -6,7 +6,8 @@ DDP (gloo on CPU, nccl on GPU) and rank 0 checkpoints every epoch. The driver va
 everything before starting them, checks afterwards that every rank finished (TorchDistributor's
 local mode ignores child exit codes), evaluates the best weights on the validation and test
 splits, and logs, registers and (if better) promotes the model. With ``train.ensemble`` > 1 the
-ranks train M members in turn and the model registered is their mixture (train/ensemble.py).
+ranks train M members, in turn or at once in M process groups (``train.ensemble_parallel``), and
+the model registered is their mixture (train/ensemble.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from photoz_spark.config import ConfigError, require, resolve_recipe
 from photoz_spark.errors import InputError, MissingInput
 from photoz_spark.features.catalog import LAYOUT_FILE
 from photoz_spark.model import ModelConfig
+from photoz_spark.train.ensemble import parallel_members
 from photoz_spark.train.guard import check_resume, fingerprint
 from photoz_spark.train.loop import TrainSettings
 
@@ -65,6 +67,9 @@ def validate(cfg: dict, layout: dict, stats: dict, counts: dict) -> None:
     require(cfg["lr"] > 0, "train.lr must be > 0")
     for key in ("weight_decay", "warmup_epochs", "grad_clip"):
         require(cfg[key] >= 0, f"train.{key} must be >= 0, got {cfg[key]}")
+    require(cfg["ensemble_parallel"] in ("auto", True, False),
+            f"train.ensemble_parallel must be auto, true or false, got {cfg['ensemble_parallel']!r}")
+    parallel_members(cfg["ensemble_parallel"], cfg["ensemble"], cfg["num_processes"], False, cfg["backend"], 1)
     require(cfg["recalibrate"] in (True, False), f"train.recalibrate must be true or false, got {cfg['recalibrate']!r}")
     require(cfg["recalibration"] in ("mixture", "pit_map"),
             f"train.recalibration must be mixture or pit_map, got {cfg['recalibration']!r}")
@@ -86,14 +91,15 @@ def validate(cfg: dict, layout: dict, stats: dict, counts: dict) -> None:
             "stats.json has a zero or non-finite std: a band has no variation in the training split")
 
 
-def rank_sum(device) -> Callable[[np.ndarray], np.ndarray]:
-    """A collective sum of an int64 array over the DDP ranks (``ArrowFeed``'s ``reduce``)."""
+def rank_sum(device, group=None) -> Callable[[np.ndarray], np.ndarray]:
+    """A collective sum of an int64 array over the DDP ranks of ``group`` (None: all ranks;
+    ``ArrowFeed``'s ``reduce``)."""
     import torch
     from torch import distributed as dist
 
     def reduce(values: np.ndarray) -> np.ndarray:
         total = torch.from_numpy(np.ascontiguousarray(values, np.int64)).to(device)
-        dist.all_reduce(total)
+        dist.all_reduce(total, group=group)
         return total.cpu().numpy()
 
     return reduce
@@ -110,19 +116,36 @@ def relay_rank_error(out_dir: Path) -> None:
         raise InputError(path.read_text().strip())
 
 
+PARALLEL_MEMBERS = "parallel_members"  # set by ensemble.train_parallel in the ranks' cfg only (not a setting)
+MEMBER_RANK_RESULT = "rank-result.json"
+
+
+def member_group(rank: int, world: int, members: int):
+    """Split the job's ranks into ``members`` process groups of ``world // members`` consecutive ranks.
+
+    Every rank must create every group, in the same order (torch.distributed.new_group).
+
+    Returns:
+        (this rank's member index, its group, its rank in the group, the group's size).
+    """
+    from torch import distributed as dist
+
+    size = world // members
+    groups = [dist.new_group(list(range(m * size, (m + 1) * size))) for m in range(members)]
+    return rank // size, groups[rank // size], rank % size, size
+
+
 def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_gpu: bool, feed=None,
                tracking: dict | None = None) -> dict:
     """One DDP rank (run by TorchDistributor): train on this rank's shard; rank 0 saves the best weights.
 
     ``feed``: a feeding.Feed made on the driver (PetastormFeed); None reads ``features_dir`` with ArrowFeed.
+    With ``cfg["parallel_members"]`` = M (ensemble.train_parallel) the ranks split into M groups, and
+    group i trains ensemble member i (seed ``train.seed + i``) in ``member-<i>/`` under DDP over its
+    own ranks only; a member that finished in an earlier run (``result.json``) is not retrained.
     """
     import torch
     from torch import distributed as dist
-
-    from photoz_spark.errors import UserError
-    from photoz_spark.model import BiLSTMMDN
-    from photoz_spark.train.feeding import ArrowFeed, epoch_source, eval_batches
-    from photoz_spark.train.loop import train
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     out = Path(out_dir)
@@ -135,18 +158,61 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
         torch.cuda.set_device(device)  # nccl's collectives (the feed's counts) run on this rank's GPU
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    members, group = int(cfg.get(PARALLEL_MEMBERS, 0)), None
+    if members:
+        index, group, local, size = member_group(rank, world, members)
+        folder = out / f"member-{index}"
+        done = cfg["resume"] and (folder / "result.json").is_file() and (folder / "best.pt").is_file()
+        result = {} if done else _train_shard(features_dir, folder, {**cfg, "seed": int(cfg["seed"]) + index},
+                                              model_cfg, device, (rank, local, size, group), out, feed, None,
+                                              f"member {index}: ")
+        if local == 0 and not done:
+            (folder / MEMBER_RANK_RESULT).write_text(json.dumps(result))
+    else:
+        result = _train_shard(features_dir, out, cfg, model_cfg, device, (rank, rank, world, None), out, feed,
+                              tracking)
+    (out / f"rank-{rank}.status").write_text(STATUS_OK)
+    if world > 1:
+        # Parallel members: only the member's own ranks wait for each other, so a member that stops
+        # early never sits in a job-wide barrier (its timeout) while another member trains on.
+        dist.barrier(group=group)
+        dist.destroy_process_group()
+    return result
+
+
+def _train_shard(features_dir: str, out: Path, cfg: dict, model_cfg: dict, device, ranks: tuple, status_dir: Path,
+                 feed, tracking: dict | None, label: str = "") -> dict:
+    """Train one network on this rank's shard (``train_rank``'s work; the caller set up torch.distributed).
+
+    Args:
+        out: where the network's checkpoint, history and best weights go (its group's rank 0 writes them).
+        ranks: (rank in the job, rank in the network's group, the group's size, the group: None = all ranks).
+        status_dir: where a rank leaves its one-line error (``rank_error_file``, by job rank).
+        label: prefixes the epoch lines this network prints.
+
+    Returns:
+        best epoch and loss, precision, feeding, epochs run, early stopped.
+    """
+    import torch
+
+    from photoz_spark.errors import UserError
+    from photoz_spark.model import BiLSTMMDN
+    from photoz_spark.train.feeding import ArrowFeed, epoch_source, eval_batches
+    from photoz_spark.train.loop import train
+
+    job_rank, rank, world, group = ranks
     settings = settings_from(cfg)
     batch = rank_batch(settings.batch_size, world)  # batch_size is global: world ranks step together on it
     # Each rank reads only its row groups of each split and checks them (the driver reads no split).
-    feed = ArrowFeed(features_dir, reduce=rank_sum(device) if world > 1 else None) if feed is None else feed
+    feed = ArrowFeed(features_dir, reduce=rank_sum(device, group) if world > 1 else None) if feed is None else feed
     try:
         val_data = feed.eval_data("validation", rank, world)
         epochs, placed = epoch_source(feed, rank, world, batch, settings.seed, device)
     except UserError as err:  # every rank raises it (collective check): the driver relays the line
-        rank_error_file(out, rank).write_text(str(err))
+        rank_error_file(status_dir, job_rank).write_text(str(err))
         raise
     if rank == 0:
-        print(f"rank training shard: {placed}", flush=True)
+        print(f"{label}rank training shard: {placed}", flush=True)
     torch.manual_seed(settings.seed)  # the initial weights: each rank process starts with a random torch seed
     model = BiLSTMMDN(ModelConfig(**model_cfg))
 
@@ -165,25 +231,22 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
                 for key, name in (("train_loss", "train_nll"), ("val_loss", "val_nll"), ("lr", "lr"),
                                   ("samples_per_s", "samples_per_s")):
                     log_metric(name, line[key], step=line["epoch"])
-            print(f"epoch {record['epoch']:4d}  train NLL {record['train_loss']:8.4f}  val NLL {record['val_loss']:8.4f}"
-                  f"  lr {record['lr']:.1e}  {line['samples_per_s']:9,.0f} samples/s", flush=True)
+            print(f"{label}epoch {record['epoch']:4d}  train NLL {record['train_loss']:8.4f}  "
+                  f"val NLL {record['val_loss']:8.4f}  lr {record['lr']:.1e}  {line['samples_per_s']:9,.0f} samples/s",
+                  flush=True)
 
     steps = (int(cfg.get("train_rows", 0)) // world) // batch or None
     try:
         result = train(model, epochs, lambda: eval_batches(val_data), settings, device=device,
                        checkpoint=out / "checkpoint.pt" if cfg["resume"] else None, on_epoch=on_epoch,
-                       steps_per_epoch=steps)
+                       steps_per_epoch=steps, group=group)
     except UserError as err:  # a streamed feed (petastorm) finds NaN/inf batch by batch
-        rank_error_file(out, rank).write_text(str(err))
+        rank_error_file(status_dir, job_rank).write_text(str(err))
         raise
     finally:
         feed.close()
     if rank == 0:
         torch.save({k: v.cpu() for k, v in result.best_state.items()}, out / "best.pt")
-    (out / f"rank-{rank}.status").write_text(STATUS_OK)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
     return {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss, "precision": result.precision,
             "feeding": placed,
             "epochs_run": result.epochs_run, "stopped_early": result.stopped_early}
