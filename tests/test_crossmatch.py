@@ -696,3 +696,29 @@ def test_stale_margin_cache_is_rebuilt(tmp_path):
     assert border.column("objID").to_pylist() == kept.column("objID").filter(pa.array(expected)).to_pylist()
     # A cache finer than the catalog is impossible (border pixels need the margin order >= the catalog's).
     assert margins.ensure(None, path, 1) == (None, None)
+
+
+def test_a_linked_catalog_gets_its_margin_cache_in_the_workdir(tmp_path):
+    """A right catalog that lives outside the work directory (``catalogs/<name>`` a link to it, as
+    ``ingest.hats_input=link`` makes) is never written into: its cache goes to
+    ``<workdir>/margins/<name>``; a catalog of the work directory keeps its cache inside."""
+    from photoz_spark.crossmatch import margins
+
+    rng = np.random.default_rng(5)
+    ra, dec = rng.uniform(0, 360, 3000), np.degrees(np.arcsin(rng.uniform(-1, 1, 3000)))
+    outside, workdir = tmp_path / "users_data", tmp_path / "wd"
+    _write_right(outside, "sdss", np.arange(3000), ra, dec, order=2)
+    (workdir / "catalogs").mkdir(parents=True)
+    (workdir / "catalogs" / "sdss").symlink_to(outside / "catalogs" / "sdss")
+    linked = workdir / "catalogs" / "sdss"
+    before = sorted(p.relative_to(outside) for p in outside.rglob("*"))
+
+    home = margins.cache_home(linked, "sdss", workdir)
+    assert home == workdir.resolve() / "margins" / "sdss"
+    cache, built = margins.ensure(None, linked, 4, home)
+    assert built["rows"] > 0 and cache == home / "order=4" and (cache / margins.MANIFEST).is_file()
+    assert sorted(p.relative_to(outside) for p in outside.rglob("*")) == before  # nothing written there
+    assert margins.ensure(None, linked, 4, home) == (cache, None)  # current: reused
+
+    _write_right(workdir, "desi_ls", np.arange(3000), ra, dec, order=2)
+    assert margins.cache_home(workdir / "catalogs" / "desi_ls", "desi_ls", workdir) is None  # inside

@@ -18,7 +18,9 @@ the file's row order) and ``manifest.json``, which records each data file's size
 modification time. Inside the catalog folder, a catalog replaced by a job takes its cache with
 it; a data file changed in place makes the manifest disagree, and the cache is rebuilt
 (``ensure``). Built by a Spark job of one task per group of right pixels, staged and renamed
-into place, so a reader never sees half a cache.
+into place, so a reader never sees half a cache. A catalog that lives outside the work
+directory (linked with ``ingest.hats_input=link``) is never written into: its cache goes to
+``<workdir>/margins/<name>/order=<M>/`` (``cache_home``), with the same manifest check.
 """
 
 from __future__ import annotations
@@ -38,9 +40,19 @@ MANIFEST = "manifest.json"
 FORMAT = 1  # bump when the cache's layout or meaning changes: older caches are rebuilt
 
 
-def cache_path(catalog: Path, margin_order: int) -> Path:
-    """Where a catalog's margin cache at ``margin_order`` lives."""
-    return Path(catalog) / CACHE_DIR / f"order={margin_order}"
+def cache_path(catalog: Path, margin_order: int, home: Path | None = None) -> Path:
+    """Where a catalog's margin cache at ``margin_order`` lives: inside the catalog, or under
+    ``home`` for a catalog the project must not write into (``cache_home``)."""
+    return (Path(home) if home is not None else Path(catalog) / CACHE_DIR) / f"order={margin_order}"
+
+
+def cache_home(catalog: Path, name: str, workdir_root: Path) -> Path | None:
+    """None (the cache goes inside the catalog) for a catalog of the work directory; for one that
+    lives elsewhere (a linked HATS catalog, ``ingest.hats_input=link``), ``<workdir>/margins/<name>``,
+    so a crossmatch never writes into a user's own data folder."""
+    root = Path(workdir_root).resolve()
+    resolved = Path(catalog).resolve()
+    return None if resolved.is_relative_to(root) else root / "margins" / name
 
 
 def fingerprint(catalog: Path) -> dict:
@@ -53,9 +65,9 @@ def fingerprint(catalog: Path) -> dict:
     return {"format": FORMAT, "order": order, "files": files}
 
 
-def is_current(catalog: Path, margin_order: int) -> bool:
+def is_current(catalog: Path, margin_order: int, home: Path | None = None) -> bool:
     """Whether the cache exists and was built from the catalog's data files as they are now."""
-    manifest = cache_path(catalog, margin_order) / MANIFEST
+    manifest = cache_path(catalog, margin_order, home) / MANIFEST
     try:
         return json.loads(manifest.read_text()) == fingerprint(catalog)
     except (OSError, ValueError):
@@ -104,13 +116,14 @@ def _write_borders(catalog: str, target: str, order: int, margin_order: int, pix
     return written
 
 
-def build(spark, catalog: Path, margin_order: int) -> dict:
+def build(spark, catalog: Path, margin_order: int, home: Path | None = None) -> dict:
     """Build (or rebuild) a catalog's margin cache at ``margin_order`` with Spark.
 
     Args:
         spark: the SparkSession; None: build in this process.
         catalog: the right catalog's folder (visible to the executors).
         margin_order: M, at least the catalog's order.
+        home: where the cache goes instead of inside the catalog (``cache_home``); None: inside.
 
     Returns:
         {"path", "rows", "pixels"}.
@@ -120,7 +133,8 @@ def build(spark, catalog: Path, margin_order: int) -> dict:
     if not usable(order, margin_order):
         raise ValueError(f"a margin cache at order {margin_order} needs a catalog at order <= it, not {order}")
     manifest = fingerprint(catalog)  # before reading: a file changed during the build makes it stale
-    final = cache_path(catalog, margin_order)
+    final = cache_path(catalog, margin_order, home)
+    final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
     staging.mkdir(parents=True)
     try:
@@ -141,8 +155,9 @@ def build(spark, catalog: Path, margin_order: int) -> dict:
     return {"path": str(final), "rows": rows, "pixels": len(pixels)}
 
 
-def ensure(spark, catalog: Path, margin_order: int) -> tuple[Path | None, dict | None]:
-    """The catalog's current margin cache at ``margin_order``, built if missing or stale.
+def ensure(spark, catalog: Path, margin_order: int, home: Path | None = None) -> tuple[Path | None, dict | None]:
+    """The catalog's current margin cache at ``margin_order``, built if missing or stale
+    (inside the catalog, or under ``home`` when given: ``cache_home``).
 
     Returns:
         (cache folder or None where the catalog's order is finer than ``margin_order``,
@@ -151,10 +166,10 @@ def ensure(spark, catalog: Path, margin_order: int) -> tuple[Path | None, dict |
     order, _ = hats.partition_pixels(catalog)
     if not usable(order, margin_order):
         return None, None
-    if is_current(catalog, margin_order):
-        return cache_path(catalog, margin_order), None
-    summary = build(spark, catalog, margin_order)
-    return cache_path(catalog, margin_order), summary
+    if is_current(catalog, margin_order, home):
+        return cache_path(catalog, margin_order, home), None
+    summary = build(spark, catalog, margin_order, home)
+    return cache_path(catalog, margin_order, home), summary
 
 
 def _cores(spark) -> int:

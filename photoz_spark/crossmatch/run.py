@@ -199,7 +199,7 @@ def crossmatch(spark, plan: CrossmatchPlan, workdir) -> dict:
     """
     t0 = time.time()
     duplicates = spark.sparkContext.broadcast(duplicate_ids(spark, plan.left))
-    rights = right_sides(spark, plan)
+    rights = right_sides(spark, plan, workdir.root)
     blocks = task_order(plan, rights, spark.sparkContext.defaultParallelism)
     process = _BlockMatcher(plan, rights, duplicates, blocks)
     with job_staging(workdir.root, "crossmatch") as stage:
@@ -269,8 +269,11 @@ class RightSide:
                 *self.catalog.carried]
 
 
-def right_sides(spark, plan: CrossmatchPlan) -> list[RightSide]:
+def right_sides(spark, plan: CrossmatchPlan, workdir_root: Path) -> list[RightSide]:
     """The right catalogs with their partitions and current margin caches (built when missing or stale).
+
+    A catalog of the work directory keeps its cache inside it; one linked from elsewhere gets it
+    under ``<workdir>/margins/<name>`` (``margins.cache_home``): nothing is written into it.
 
     A catalog whose folder cannot be written (a shared, read-only copy) is read without a
     cache: whole neighbour files, the same rows kept.
@@ -279,7 +282,8 @@ def right_sides(spark, plan: CrossmatchPlan) -> list[RightSide]:
     for catalog in plan.right:
         order, pixels = hats.partition_pixels(catalog.path)
         try:
-            cache, built = margins.ensure(spark, catalog.path, plan.algorithm.join_order)
+            home = margins.cache_home(catalog.path, catalog.name, workdir_root)
+            cache, built = margins.ensure(spark, catalog.path, plan.algorithm.join_order, home)
         except OSError as err:
             cache, built = None, {"error": f"{type(err).__name__}: {err}"}
         note = ("none: the catalog's order is finer than the margin order" if cache is None and built is None
