@@ -561,6 +561,20 @@ def _executor_pixel_mapper(source_dataset: str, dataset_dir: str, source_order: 
     return run
 
 
+def _by_index(tasks: list[tuple[int, str]], mapper) -> Callable[[Iterator[pa.RecordBatch]], Iterator]:
+    """``mapper`` fed by task index: batches of ``spark.range`` ids become (Npix, files) batches."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        def as_tasks():
+            for batch in batches:
+                chosen = [tasks[i] for i in batch.column("id").to_pylist()]
+                yield pa.RecordBatch.from_pydict({"Npix": [t[0] for t in chosen], "files": [t[1] for t in chosen]})
+
+        return mapper(as_tasks())
+
+    return run
+
+
 def _within(npix: int, order: int, source_npix: int, source_order: int) -> bool:
     """Whether pixel ``npix`` at ``order`` overlaps source pixel ``source_npix`` at ``source_order``."""
     if order >= source_order:
@@ -613,11 +627,13 @@ def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator
     def write_pixels(dataset_dir: Path) -> _Written:
         if not tasks:
             return _Written({})
-        # One partition per task, in list order (Spark schedules partitions in index order).
-        frame = spark.sparkContext.parallelize(tasks, len(tasks)).toDF("Npix long, files string")
+        # One partition per task, in list order (Spark schedules partitions in index order). A
+        # JVM range, the list in the closure: a Python RDD (parallelize) would start its own
+        # Python daemon and workers just to hand out the list (~2.4 CPU s per stage).
+        frame = spark.range(len(tasks), numPartitions=len(tasks))
         mapper = _executor_pixel_mapper(str(catalog / DATASET_DIR), str(dataset_dir), source_order, out_order,
                                         process)
-        return _collect_reports(frame.mapInArrow(mapper, _TASK_DDL, profile=profile).collect())
+        return _collect_reports(frame.mapInArrow(_by_index(tasks, mapper), _TASK_DDL, profile=profile).collect())
 
     return _write_catalog(path, write_pixels, order=out_order, ra_col=ra_col, dec_col=dec_col,
                           catalog_name=catalog_name, extra_properties=extra_properties,
