@@ -1,6 +1,7 @@
 """The crossmatch: its math, constructed edge cases with exact answers, and the simulated sky's truth."""
 
 import shutil
+from pathlib import Path
 
 import healpy as hp
 import numpy as np
@@ -696,6 +697,24 @@ def test_stale_margin_cache_is_rebuilt(tmp_path):
     assert border.column("objID").to_pylist() == kept.column("objID").filter(pa.array(expected)).to_pylist()
     # A cache finer than the catalog is impossible (border pixels need the margin order >= the catalog's).
     assert margins.ensure(None, path, 1) == (None, None)
+
+
+def test_margin_cache_built_on_spark_equals_the_in_process_one(spark, tmp_path):
+    """The Spark build (one mapInArrow task per group of pixels) writes the same border files and
+    counts the same rows as the in-process build."""
+    from photoz_spark.crossmatch import margins
+
+    rng = np.random.default_rng(5)
+    ra, dec = rng.uniform(0, 360, 5000), np.degrees(np.arcsin(rng.uniform(-1, 1, 5000)))
+    _write_right(tmp_path, "sdss", np.arange(5000), ra, dec, order=2)
+    path = tmp_path / "catalogs" / "sdss"
+    local = margins.build(None, path, 4, tmp_path / "local")
+    on_spark = margins.build(spark, path, 4, tmp_path / "spark")
+    assert on_spark["rows"] == local["rows"] > 0 and on_spark["pixels"] == local["pixels"]
+    files = sorted(p.relative_to(local["path"]) for p in Path(local["path"]).rglob("*.parquet"))
+    assert files == sorted(p.relative_to(on_spark["path"]) for p in Path(on_spark["path"]).rglob("*.parquet"))
+    for f in files:
+        assert pq.read_table(Path(on_spark["path"]) / f).equals(pq.read_table(Path(local["path"]) / f))
 
 
 def test_a_linked_catalog_gets_its_margin_cache_in_the_workdir(tmp_path):

@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from photoz_spark import hats
@@ -102,6 +103,17 @@ def border_rows(h29: np.ndarray, npix: int, order: int, margin_order: int) -> np
     return (x == 0) | (y == 0) | (x == edge) | (y == edge)
 
 
+def _border_task(args: tuple, groups: list[list[int]]):
+    """The ``mapInArrow`` function of ``build``: task i writes the borders of ``groups[i]``."""
+
+    def run(batches):
+        for batch in batches:
+            rows = [_write_borders(*args, groups[i]) for i in batch.column("id").to_pylist()]
+            yield pa.RecordBatch.from_pydict({"rows": pa.array(rows, pa.int64())})
+
+    return run
+
+
 def _write_borders(catalog: str, target: str, order: int, margin_order: int, pixels: list[int]) -> int:
     """One build task: the border rows of each pixel into the staged cache; returns the rows written."""
     written = 0
@@ -143,9 +155,13 @@ def build(spark, catalog: Path, margin_order: int, home: Path | None = None) -> 
         args = (str(catalog), str(staging), order, margin_order)
         if spark is None:
             rows = sum(_write_borders(*args, g) for g in groups)
+        elif groups:
+            # A JVM range and mapInArrow, as hats.map_pixels: a Python RDD would start a second
+            # Python daemon and workers beside the crossmatch's own (~2 CPU s per job).
+            rows = sum(row.rows for row in spark.range(len(groups), numPartitions=len(groups))
+                       .mapInArrow(_border_task(args, groups), "rows long").collect())
         else:
-            rows = sum(spark.sparkContext.parallelize(groups, max(1, len(groups)))
-                       .map(lambda g: _write_borders(*args, g)).collect()) if groups else 0
+            rows = 0
         (staging / MANIFEST).write_text(json.dumps(manifest))
         if final.exists():
             shutil.rmtree(final)
