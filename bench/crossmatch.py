@@ -11,7 +11,8 @@ Then, side by side in one run, with a 1.5 arcsec radius and the nearest counterp
   counted: the JVM start and its first trivial job (JIT warm-up of Spark's own code, the same
   for any job; its CPU seconds are printed), and the right catalog's margin cache
   (``photoz_spark.crossmatch.margins``, built once per right catalog and margin order and kept
-  with the catalog, as LSDB's);
+  with the catalog, as LSDB's; built in this process, so that no Python worker is warm when the
+  job starts);
 * astropy ``match_coordinates_sky`` in this process (one core; SkyCoord construction and k-d tree
   build included);
 * LSDB ``Catalog.crossmatch`` (k-d tree per partition pair, dask) in a subprocess of the bench-only
@@ -116,7 +117,8 @@ def run_spark(workdir: Path, master: str, n_left: int) -> dict:
     spark.range(10).count()  # nor is the JIT warm-up of Spark's own code by its first job
     warmup_cpu = _tree_cpu_seconds() - cpu0
     t0, cpu0 = time.perf_counter(), _tree_cpu_seconds()
-    margin = margins.build(spark, workdir / "catalogs" / "sdss", geometry.auto_join_order(RADIUS_ARCSEC))
+    # In this process, not on Spark: the job must start its Python workers cold, as a fresh job does.
+    margin = margins.build(None, workdir / "catalogs" / "sdss", geometry.auto_join_order(RADIUS_ARCSEC))
     margin.update(seconds=time.perf_counter() - t0, cpu_seconds=_tree_cpu_seconds() - cpu0)
     spec = importlib.util.spec_from_file_location("crossmatch_job", ROOT / "jobs" / "crossmatch.py")
     job = importlib.util.module_from_spec(spec)
