@@ -55,6 +55,9 @@ def write_features(directory: Path, rows: int = 900, files: int = 3, row_group: 
         path = directory / hats.DATASET_DIR / hats.pixel_relpath(0, i)
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table.slice(i * per_file, per_file), path, row_group_size=row_group)
+    # What makes it a catalog (build_features writes both): the recorded schema and the properties.
+    pq.write_metadata(table.schema, directory / hats.DATASET_DIR / "_common_metadata")
+    (directory / hats.PROPERTIES_FILE).write_text(f"dataproduct_type=object\nhats_nrows={rows}\n")
     (directory / STATS_FILE).write_text(json.dumps({**stats, "split": "train"}))
     lay = layout(spec, "toy")
     (directory / LAYOUT_FILE).write_text(json.dumps(lay))
