@@ -550,7 +550,7 @@ def _executor_pixel_mapper(source_dataset: str, dataset_dir: str, source_order: 
                     for batch in process(npix, str(Path(source_dataset) / relpath), stats):
                         writer.write(batch)
                     moved = [p for p in set(writer.counts) - before
-                             if not _within(p, out_order, npix, source_order)]
+                             if not pixels_overlap(p, out_order, npix, source_order)]
                     if moved:  # another task may be writing that pixel: never commit it
                         writer.close()
                         raise ValueError(f"the mapped rows of pixel {npix} fall in pixels {sorted(moved)}: "
@@ -575,11 +575,12 @@ def _by_index(tasks: list[tuple[int, str]], mapper) -> Callable[[Iterator[pa.Rec
     return run
 
 
-def _within(npix: int, order: int, source_npix: int, source_order: int) -> bool:
-    """Whether pixel ``npix`` at ``order`` overlaps source pixel ``source_npix`` at ``source_order``."""
-    if order >= source_order:
-        return npix >> 2 * (order - source_order) == source_npix
-    return source_npix >> 2 * (source_order - order) == npix
+def pixels_overlap(npix: int, order: int, other: int, other_order: int) -> bool:
+    """Whether pixel ``npix`` at ``order`` and pixel ``other`` at ``other_order`` overlap (nested:
+    one holds the other)."""
+    if order >= other_order:
+        return npix >> 2 * (order - other_order) == other
+    return other >> 2 * (other_order - order) == npix
 
 
 def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator[pa.RecordBatch]], *,

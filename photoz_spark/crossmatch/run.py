@@ -292,6 +292,7 @@ def right_sides(spark, plan: CrossmatchPlan, workdir_root: Path) -> list[RightSi
         sides.append(RightSide(catalog, order, pixels, cache, note))
     return sides
 
+
 def output_schema(plan: CrossmatchPlan) -> pa.Schema:
     """The output's Arrow schema, in ``plan.columns`` order."""
     types = {f.name: f.type for f in plan.left.schema}
@@ -402,7 +403,7 @@ def _read_right(side: RightSide, lo: np.ndarray, hi: np.ndarray, algorithm: Cros
     """
     parts, decoded = [], 0
     for npix in geometry.pixels_in_region(side.pixels, side.order, lo, hi).tolist():
-        table = _read_pixel(side, npix, ring_only=not _overlaps(npix, side.order, *block))
+        table = _read_pixel(side, npix, ring_only=not hats.pixels_overlap(npix, side.order, *block))
         h29 = table.column(hats.HEALPIX_COLUMN).to_numpy()
         if len(h29) > 1 and np.all(h29[1:] >= h29[:-1]):  # HATS files are sorted: binary search
             rows = geometry.sorted_region_rows(h29, lo, hi)
@@ -424,13 +425,6 @@ def _read_right(side: RightSide, lo: np.ndarray, hi: np.ndarray, algorithm: Cros
                 else pc.rank(ids, sort_keys="ascending", tiebreaker="dense").to_numpy())
     carried = {c: table.column(c).combine_chunks() for c in [catalog.id, *catalog.band_columns, *catalog.carried]}
     return _RightRows(carried, sky, id_order, algorithm.prepare(sky), decoded)
-
-
-def _overlaps(npix: int, order: int, block: int, block_order: int) -> bool:
-    """Whether pixel ``npix`` at ``order`` and the block at ``block_order`` overlap (nested: one holds the other)."""
-    if order >= block_order:
-        return npix >> 2 * (order - block_order) == block
-    return block >> 2 * (block_order - order) == npix
 
 
 def _read_pixel(side: RightSide, npix: int, ring_only: bool) -> pa.Table:
