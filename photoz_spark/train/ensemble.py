@@ -74,6 +74,12 @@ def parallel_members(setting, members: int, ranks: int, use_gpu: bool, backend: 
     return not why and (use_gpu or ranks <= cores)
 
 
+def member_finished(folder: Path, resume: bool) -> bool:
+    """Whether a member's folder holds a finished member to keep (a resumed run only): its
+    ``result.json`` (written last) and best weights."""
+    return resume and (Path(folder) / MEMBER_RESULT).is_file() and (Path(folder) / "best.pt").is_file()
+
+
 def has_progress(out_dir: Path, members: int) -> bool:
     """Whether an interrupted run left something to resume: the single network's checkpoint, or
     (ensemble) a finished or checkpointed member."""
@@ -138,7 +144,7 @@ def train_member(spark, features_dir: Path, out_dir: Path, cfg: dict, mcfg: dict
 
     folder = member_dir(out_dir, index)
     done = folder / MEMBER_RESULT
-    if cfg["resume"] and done.is_file() and (folder / "best.pt").is_file():
+    if member_finished(folder, cfg["resume"]):
         print(f"ensemble member {index}: finished in an earlier run, kept", flush=True)
         return json.loads(done.read_text())
     folder.mkdir(parents=True, exist_ok=True)
@@ -164,8 +170,7 @@ def train_parallel(spark, features_dir: Path, out_dir: Path, cfg: dict, mcfg: di
     from photoz_spark.train.run import MEMBER_RANK_RESULT, PARALLEL_MEMBERS, run_distributed
 
     members = cfg["ensemble"]
-    todo = [i for i in range(members) if not (cfg["resume"] and (member_dir(out_dir, i) / MEMBER_RESULT).is_file()
-                                              and (member_dir(out_dir, i) / "best.pt").is_file())]
+    todo = [i for i in range(members) if not member_finished(member_dir(out_dir, i), cfg["resume"])]
     for i in range(members):
         if i not in todo:
             print(f"ensemble member {i}: finished in an earlier run, kept", flush=True)

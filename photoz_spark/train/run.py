@@ -30,7 +30,7 @@ from photoz_spark.config import ConfigError, require, resolve_recipe
 from photoz_spark.errors import InputError, MissingInput
 from photoz_spark.features.catalog import LAYOUT_FILE
 from photoz_spark.model import ModelConfig
-from photoz_spark.train.ensemble import parallel_members
+from photoz_spark.train.ensemble import member_finished, parallel_members
 from photoz_spark.train.guard import check_resume, fingerprint
 from photoz_spark.train.loop import TrainSettings
 
@@ -162,7 +162,7 @@ def train_rank(features_dir: str, out_dir: str, cfg: dict, model_cfg: dict, use_
     if members:
         index, group, local, size = member_group(rank, world, members)
         folder = out / f"member-{index}"
-        done = cfg["resume"] and (folder / "result.json").is_file() and (folder / "best.pt").is_file()
+        done = member_finished(folder, cfg["resume"])
         result = {} if done else _train_shard(features_dir, folder, {**cfg, "seed": int(cfg["seed"]) + index},
                                               model_cfg, device, (rank, local, size, group), out, feed, None,
                                               f"member {index}: ")
