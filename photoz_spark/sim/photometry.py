@@ -93,7 +93,7 @@ class PhotometryGrid:
 
 def _variant_spectra(base: np.ndarray, transmission_by_scale: np.ndarray) -> np.ndarray:
     """base (REST) -> [tilt, ebv, igm, REST] with each multiplicative effect applied."""
-    tilt = (sed.REST_GRID / sed.PIVOT) ** (-TILTS[:, None])            # f_nu ~ nu^(alpha + d)
+    tilt = sed.tilt(TILTS[:, None])                                  # f_nu ~ nu^(alpha + d)
     redden = 10.0 ** (-0.4 * EBVS[:, None] * sed.smc_extinction()[None, :])
     return (base[None, None, None, :] * tilt[:, None, None, :] * redden[None, :, None, :]
             * transmission_by_scale[None, None, :, :])

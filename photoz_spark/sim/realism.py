@@ -20,6 +20,9 @@ REFERENCE_COLOURS = ("u-g", "g-r", "r-i", "i-z")
 # quasars (LBQS, ...): compare them with simulated quasars as bright as the SDSS low-redshift
 # quasar target limit, i < 19.1 (Richards et al. 2002, AJ 123, 2945).
 REFERENCE_I_MAX = 19.1
+# Optical to near-IR reference: Assef et al. (2010, ApJ 713, 970)'s type-1 AGN template ("AGN", the
+# one they recommend): the mean unreddened nucleus, host light fit separately, 0.03-30 um.
+AGN_TEMPLATE_FILE = REFERENCE_FILE.parent / "assef2010_AGN.fits"
 
 
 def colour(flux_blue, flux_red, vega_offset: float = 0.0) -> np.ndarray:
@@ -89,6 +92,66 @@ def reference_offsets(z, colours: dict, z_lo: float, z_hi: float, zero_points: d
             (np.abs(z - zc) < half_width) & np.isfinite(values)) else np.nan for zc in out["z"]]
         out[name] = np.array(sim) - ref[name][use]
     return out
+
+
+def agn_template() -> np.ndarray:
+    """Assef et al. (2010)'s AGN template, f_lambda on ``sed.REST_GRID`` (0 outside 303 A - 29.7 um)."""
+    from astropy.io import fits
+
+    from photoz_spark.sim import sed
+
+    with fits.open(AGN_TEMPLATE_FILE) as hdul:
+        wave, flux = np.asarray(hdul[1].data["wa"], float), np.asarray(hdul[1].data["fl"], float)
+    return np.interp(sed.REST_GRID, wave, flux, left=0.0, right=0.0)
+
+
+def mean_nucleus(tilt_mean: float) -> np.ndarray:
+    """The simulated quasars' mean nucleus: continuum and lines tilted by ``tilt_mean`` plus hot and
+    warm dust at their mean strength (no host, reddening or absorption); f_lambda on ``sed.REST_GRID``."""
+    from photoz_spark.sim import sed
+
+    parts = sed.quasar_components()
+    return (parts["continuum"] + parts["lines"]) * sed.tilt(tilt_mean) + parts["hot_dust"] + parts["warm_dust"]
+
+
+def nu_f_nu_ratio(spectrum, wavelength: float, reference: float) -> float:
+    """nu f_nu at ``wavelength`` over nu f_nu at ``reference`` (rest Angstrom) of an f_lambda spectrum
+    on ``sed.REST_GRID``."""
+    from photoz_spark.sim import sed
+
+    at = np.interp([wavelength, reference], sed.REST_GRID, np.asarray(spectrum) * sed.REST_GRID)
+    return float(at[0] / at[1])
+
+
+def spectrum_colour(spectrum, blue_filter: str, red_filter: str, z) -> np.ndarray:
+    """AB colour blue - red of a rest-frame f_lambda spectrum (on ``sed.REST_GRID``) seen at redshifts z.
+
+    Args:
+        spectrum: f_lambda on ``sed.REST_GRID``.
+        blue_filter, red_filter: speclite filter names (the ``filter`` of conf/bands.yaml).
+        z: redshifts.
+    Returns:
+        One colour per redshift.
+    """
+    import speclite.filters
+
+    from photoz_spark.sim import photometry
+
+    filters = [speclite.filters.load_filter(blue_filter), speclite.filters.load_filter(red_filter)]
+    fluxes = np.array([photometry.filter_weights(filters, float(zi)) @ spectrum for zi in np.atleast_1d(z)])
+    return colour(fluxes[:, 0], fluxes[:, 1])
+
+
+def population_median_colour(q: dict, grid, n: int, blue: str, red: str, z_centres, half_width: float = 0.05,
+                             seed: int = 11) -> np.ndarray:
+    """Median noiseless AB colour blue - red of n quasars drawn with the ``sim.quasars`` settings q,
+    in the bins z_centres +- half_width (NaN for an empty bin)."""
+    from photoz_spark.sim.sky import draw_quasars
+
+    drawn = draw_quasars(np.random.default_rng(seed), n, q, grid, np.random.default_rng(seed + 1))
+    values = colour(drawn["flux"][:, grid.band_index(blue)], drawn["flux"][:, grid.band_index(red)])
+    near = [np.abs(drawn["z"] - zc) < half_width for zc in np.atleast_1d(z_centres)]
+    return np.array([np.nanmedian(values[m]) if np.any(m & np.isfinite(values)) else np.nan for m in near])
 
 
 def population_colours(q: dict, grid, n: int, seed: int = 11) -> tuple[np.ndarray, dict]:

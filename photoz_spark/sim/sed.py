@@ -36,6 +36,8 @@ HOT_DUST_K = 1250.0
 WARM_DUST_K = 450.0
 # Strengths set so that W1-W2 (Vega) runs ~1.0 at z < 0.5, ~1.3 at z ~ 1-1.5 and ~0.9 at
 # z ~ 3, as type-1 quasars do (Stern et al. 2012; Assef et al. 2013).
+# nu L_nu at 2-3 um over 5100 A is then within 0-9 % of Assef et al. (2010)'s AGN template
+# (tests/test_sim_realism.py::test_near_infrared_against_assef_2010_agn_template).
 HOT_TO_DISC_1UM = 2.0    # peak nu f_nu of hot dust over nu f_nu of the disc at 1 um
 WARM_TO_HOT = 1.0        # peak nu f_nu of warm dust over that of hot dust
 HC_OVER_K = 1.4388e8     # h c / k in Angstrom K
@@ -64,6 +66,18 @@ def continuum(grid: np.ndarray = REST_GRID) -> np.ndarray:
     euv = at_1200 * power(grid, -1.76, 1200.0)
     ir = at_1um * power(grid, 1.0 / 3.0, 1.0e4)
     return np.where(grid < 1200.0, euv, np.where(grid > 1.0e4, ir, mid))
+
+
+def tilt(delta_alpha, grid: np.ndarray = REST_GRID) -> np.ndarray:
+    """Factor that changes f_nu ~ nu^alpha into nu^(alpha + delta_alpha), 1 at PIVOT.
+
+    Args:
+        delta_alpha: the slope change (a scalar, or an array [k, 1] for k slopes at once).
+        grid: rest wavelengths (Angstrom).
+    Returns:
+        The factor on ``grid`` (f_lambda and f_nu alike).
+    """
+    return (grid / PIVOT) ** (-np.asarray(delta_alpha, float))
 
 
 def _running_quantile(values: np.ndarray, half_width: int, q: float) -> np.ndarray:
