@@ -3,14 +3,15 @@
 The quasar is split into parts that vary independently from object to object:
 
 - ``continuum``: accretion-disc power laws. f_nu ~ nu^-1.76 below 1200 A (Telfer et al. 2002),
-  nu^-0.44 from 1200 A to 1 um (Vanden Berk et al. 2001), nu^(+1/3) beyond 1 um (the
-  disc's long-wavelength side), continuous at the joins and 1 at 2500 A in f_lambda.
+  nu^-0.44 from 1200 A to the composite's break at 5000 A (Vanden Berk et al. 2001), and the
+  disc's falling red side nu^+0.593 beyond it (Temple, Hewett & Banerji 2021), continuous at
+  the joins and 1 at 2500 A in f_lambda.
 - ``lines``: the emission lines and Fe II blends, i.e. the composite (Telfer below 1300 A,
   Vanden Berk above) minus the continuum, with the host-galaxy light that Vanden Berk's
   composite carries above ~4500 A removed by a running lower envelope.
 - ``hot_dust`` and ``warm_dust``: 1250 K and 450 K black bodies (torus inner rim and warm
-  dust), normalised to the continuum at 1 um so that the near/mid-IR bump has the
-  strength of type-1 quasar mean SEDs.
+  dust); the hot one normalised to the disc at 5500 A as Temple et al. (2021) do, so that the
+  near-IR bump has the strength of type-1 quasar mean SEDs.
 - galaxy templates (Assef et al. 2010) for the host and for field galaxies.
 
 All spectra are f_lambda in arbitrary but shared units on ``REST_GRID`` (Angstrom).
@@ -32,13 +33,27 @@ REST_GRID = np.exp(np.arange(np.log(80.0), np.log(4.0e5), DLNLAM))
 
 LYMAN_LIMIT = 911.8      # Angstrom
 PIVOT = 2500.0           # Angstrom, where the continuum slope pivots
+# The disc's red side (issue #20). Vanden Berk et al. (2001, AJ 122, 549) fit their composite with
+# alpha_nu = -0.44 up to a break near 5000 A; redward of it the composite is host starlight (and hot
+# dust), which the sim adds separately, so it says nothing of the disc there. Redward we take Temple,
+# Hewett & Banerji (2021, MNRAS 508, 737)'s slope, fit to DR16Q x UKIDSS x unWISE colours: f_nu ~
+# nu^+0.593 (their qsogen plslp2). Their break is at 3880 A; with the Vanden Berk lines (Fe II and
+# Balmer continuum, +36 % over this continuum at 2500-3000 A) a break there makes i - z at z = 0.8-1.1
+# 0.18 mag bluer than Richards et al. (2001) and i - W1 0.25-0.45 bluer than Assef et al. (2010)'s AGN
+# template at z = 1-2, so the break stays at Vanden Berk's 5000 A. The mean nucleus then has
+# nu L_nu(1 um) / nu L_nu(2500 A) = 0.16 (tilt_mean = 0.14; Assef's template 0.20, Temple's continuum +
+# dust 0.19) instead of 0.30, and i - W1 agrees with the template within 0.07 at z = 0.5-2
+# (tests/test_sim_realism.py::test_near_infrared_against_assef_2010_agn_template).
+DISC_BREAK = 5000.0      # Angstrom
+DISC_RED_ALPHA = 0.593   # f_nu ~ nu^DISC_RED_ALPHA redward of DISC_BREAK
 HOT_DUST_K = 1250.0
 WARM_DUST_K = 450.0
-# Strengths set so that W1-W2 (Vega) runs ~1.0 at z < 0.5, ~1.3 at z ~ 1-1.5 and ~0.9 at
-# z ~ 3, as type-1 quasars do (Stern et al. 2012; Assef et al. 2013).
-# nu L_nu at 2-3 um over 5100 A is then within 0-9 % of Assef et al. (2010)'s AGN template
-# (tests/test_sim_realism.py::test_near_infrared_against_assef_2010_agn_template).
-HOT_TO_DISC_1UM = 2.0    # peak nu f_nu of hot dust over nu f_nu of the disc at 1 um
+# Hot dust as Temple et al. (2021) normalise theirs (qsogen bbnorm): f_nu(2 um) of the black body =
+# 3.961 x the disc's f_nu(5500 A). nu L_nu at 2, 2.5, 3 um over 5100 A is then -0 %, +2 %, -0 % off
+# Assef et al. (2010)'s AGN template at tilt_mean = 0.14. W1 - W2 (Vega), population medians: 1.05,
+# 1.34, 1.59, 1.54, 0.95 at z = 0.35, 1, 1.5, 2, 2.9 (the template: 1.15, 1.41, 1.47, 1.33, 0.99 at
+# z = 0.3, 1, 1.5, 2, 3; above the Stern et al. 2012 AGN cut of 0.8 for 99 % at z < 3).
+HOT_FNU_2UM_OVER_DISC_5500 = 3.961
 WARM_TO_HOT = 1.0        # peak nu f_nu of warm dust over that of hot dust
 HC_OVER_K = 1.4388e8     # h c / k in Angstrom K
 
@@ -54,18 +69,28 @@ def _interp(wave: np.ndarray, flux: np.ndarray) -> np.ndarray:
     return np.interp(REST_GRID, wave, flux, left=0.0, right=0.0)
 
 
-def continuum(grid: np.ndarray = REST_GRID) -> np.ndarray:
-    """Broken power-law disc continuum, f_lambda, equal to 1 at 2500 A."""
+def continuum(grid: np.ndarray = REST_GRID, red_side: bool = True) -> np.ndarray:
+    """Broken power-law disc continuum, f_lambda, equal to 1 at 2500 A.
+
+    Args:
+        grid: rest wavelengths (Angstrom).
+        red_side: False gives Vanden Berk's alpha_nu = -0.44 on past DISC_BREAK: the continuum the
+            composite's emission lines are measured against (so they keep their fluxes).
+    Returns:
+        f_lambda on ``grid``.
+    """
     # f_lambda = lambda^-(2 + alpha_nu)
     def power(lam, alpha_nu, ref):
         return (lam / ref) ** (-(2.0 + alpha_nu))
 
     mid = power(grid, -0.44, PIVOT)
     at_1200 = power(1200.0, -0.44, PIVOT)
-    at_1um = power(1.0e4, -0.44, PIVOT)
     euv = at_1200 * power(grid, -1.76, 1200.0)
-    ir = at_1um * power(grid, 1.0 / 3.0, 1.0e4)
-    return np.where(grid < 1200.0, euv, np.where(grid > 1.0e4, ir, mid))
+    out = np.where(grid < 1200.0, euv, mid)
+    if red_side:
+        red = power(DISC_BREAK, -0.44, PIVOT) * power(grid, DISC_RED_ALPHA, DISC_BREAK)
+        out = np.where(grid > DISC_BREAK, red, out)
+    return out
 
 
 def tilt(delta_alpha, grid: np.ndarray = REST_GRID) -> np.ndarray:
@@ -107,9 +132,9 @@ def composite() -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def emission_lines() -> np.ndarray:
-    """Emission lines and Fe II blends: composite minus continuum (and minus host light redward)."""
+    """Emission lines and Fe II blends: composite minus its own continuum (and minus host light redward)."""
     comp = composite()
-    cont = continuum()
+    cont = continuum(red_side=False)
     inside = (REST_GRID >= 306.0) & (REST_GRID <= 8400.0)
     excess = np.where(inside, comp - cont, 0.0)
     # Above ~4500 A the composite holds host-galaxy starlight: remove a smooth lower envelope
@@ -133,11 +158,21 @@ def _peak_nu_fnu(f_lambda: np.ndarray) -> float:
     return float(np.max(f_lambda * REST_GRID))
 
 
-def dust(temperature: float, peak_over_disc_1um: float) -> np.ndarray:
-    """A dust black body whose nu f_nu peak is ``peak_over_disc_1um`` times the disc's at 1 um."""
-    disc_1um = float(np.interp(1.0e4, REST_GRID, continuum())) * 1.0e4
-    bb = blackbody(temperature)
-    return bb * peak_over_disc_1um * disc_1um / _peak_nu_fnu(bb)
+def _f_nu(f_lambda: np.ndarray, wavelength: float) -> float:
+    """f_nu (arbitrary units, shared) of an f_lambda spectrum on REST_GRID at ``wavelength``."""
+    return float(np.interp(wavelength, REST_GRID, f_lambda * REST_GRID ** 2))
+
+
+def hot_dust() -> np.ndarray:
+    """The hot-dust black body, f_lambda, with f_nu(2 um) = HOT_FNU_2UM_OVER_DISC_5500 x the disc's f_nu(5500 A)."""
+    bb = blackbody(HOT_DUST_K)
+    return bb * HOT_FNU_2UM_OVER_DISC_5500 * _f_nu(continuum(), 5500.0) / _f_nu(bb, 2.0e4)
+
+
+def warm_dust() -> np.ndarray:
+    """The warm-dust black body, f_lambda, whose nu f_nu peak is WARM_TO_HOT times the hot dust's."""
+    bb = blackbody(WARM_DUST_K)
+    return bb * WARM_TO_HOT * _peak_nu_fnu(hot_dust()) / _peak_nu_fnu(bb)
 
 
 @lru_cache(maxsize=4)
@@ -165,6 +200,6 @@ def quasar_components() -> dict[str, np.ndarray]:
     return {
         "continuum": continuum(),
         "lines": emission_lines(),
-        "hot_dust": dust(HOT_DUST_K, HOT_TO_DISC_1UM),
-        "warm_dust": dust(WARM_DUST_K, HOT_TO_DISC_1UM * WARM_TO_HOT),
+        "hot_dust": hot_dust(),
+        "warm_dust": warm_dust(),
     }
