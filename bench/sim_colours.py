@@ -58,7 +58,7 @@ def offsets(sim: dict, grid, n: int, bright: bool, **changes) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=40000, help="quasars per variant")
-    parser.add_argument("--tilt-mean", type=float, default=0.14, help="the bluer continuum to compare")
+    parser.add_argument("--tilt-mean", type=float, default=0.0, help="the slope to compare (0: the composite's own)")
     args = parser.parse_args(argv)
 
     from photoz_spark.bands import BANDS_FILE, load_bands
@@ -83,20 +83,20 @@ def main(argv: list[str] | None = None) -> None:
         row(f"no {name}, bright", offsets(sim, grid, args.n, bright=True, **change))
     everything_off = {k: v for change in INGREDIENTS.values() for k, v in change.items()}
     row("composite alone (all of the above off)", offsets(sim, grid, args.n, bright=True, **everything_off))
-    bluer = offsets(sim, grid, args.n, bright=True, tilt_mean=args.tilt_mean)
-    row(f"tilt_mean={args.tilt_mean}, bright", bluer)
+    other = offsets(sim, grid, args.n, bright=True, tilt_mean=args.tilt_mean)
+    row(f"tilt_mean={args.tilt_mean}, bright", other)
 
     ref = realism.reference_medians()
     g_r = ref["g-r"][np.isin(np.round(ref["z"], 2), np.round(default["z"], 2))]
     print(f"\n| z | R01 g−r | default | tilt_mean={args.tilt_mean} |\n|---|---|---|---|")
-    for z, r, d, b in zip(default["z"], g_r, default["g-r"], bluer["g-r"]):
+    for z, r, d, b in zip(default["z"], g_r, default["g-r"], other["g-r"]):
         print(f"| {z:.2f} | {r:.3f} | {r + d:.3f} | {r + b:.3f} |")
     near_infrared(sim, grid, args.n, args.tilt_mean, load_bands())
     print(f"\n# {time.process_time() - t0:.1f} CPU s")
 
 
 def near_infrared(sim: dict, grid, n: int, tilt_mean: float, registry) -> None:
-    """i - W1 and the near-IR bump against Assef et al. (2010)'s AGN template, default and bluer."""
+    """i - W1 and the near-IR bump against Assef et al. (2010)'s AGN template, default and another slope."""
     from photoz_spark.sim import realism
 
     template = realism.agn_template()
