@@ -1,6 +1,8 @@
 """The crossmatch: its math, constructed edge cases with exact answers, and the simulated sky's truth."""
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import healpy as hp
@@ -11,7 +13,7 @@ import pytest
 from astropy.coordinates import angular_separation
 from scipy.spatial import cKDTree
 
-from photoz_spark import hats
+from photoz_spark import PROJECT_DIR, hats
 from photoz_spark.bands import load_bands
 from photoz_spark.crossmatch import geometry
 from photoz_spark.crossmatch.algorithm import HealpixMatch, KdTreeMatch, Sky
@@ -144,22 +146,36 @@ def test_search_region_holds_every_counterpart_near_the_pixel(left_order, margin
         assert geometry.in_region(right_h29[rows], lo, hi).all(), (npix, ra[rows], dec[rows])
 
 
-@pytest.mark.parametrize("order", [0, 1, 2, 5, 13, 29])
+@pytest.mark.parametrize("order", [0, 1, 2, 3, 4, 5, 6, 13, 29])
 def test_neighbours_are_healpys(order):
-    """Neighbours by bit arithmetic inside a base pixel (healpy only on its edges) are healpy's,
-    in healpy's order, -1 included: every pixel at low orders, base-pixel edges, corners and
-    random pixels at fine ones."""
+    """Neighbours by bit arithmetic inside a base pixel and HEALPix's face tables across its edges
+    are healpy's, in healpy's order, -1 included: every pixel up to order 6, base-pixel edges, the
+    4 corners of every base pixel and random pixels at fine ones."""
     rng = np.random.default_rng(order)
     side = 2**order
-    if order <= 2:
+    if order <= 6:
         pixels = np.arange(12 * 4**order)
     else:
         t = rng.integers(0, side, 50)
+        ends = np.array([0, side - 1, 0, side - 1]), np.array([0, 0, side - 1, side - 1])
         edge = np.r_[t * 0, t * 0 + side - 1, t, t], np.r_[t, t, t * 0, t * 0 + side - 1]
         local = geometry._interleave(*(np.asarray(a, dtype=np.int64) for a in edge))
-        pixels = np.r_[(rng.integers(0, 12, len(local)) << 2 * order) + local, rng.integers(0, 12 * 4**order, 500)]
+        corners = (np.arange(12)[:, None] << 2 * order) + geometry._interleave(*ends)[None, :]
+        pixels = np.r_[(rng.integers(0, 12, len(local)) << 2 * order) + local, corners.ravel(),
+                       rng.integers(0, 12 * 4**order, 500)]
     np.testing.assert_array_equal(geometry.neighbours(pixels, order),
                                   hp.get_all_neighbours(side, pixels, nest=True))
+
+
+def test_workers_never_import_healpy():
+    """The tasks' geometry (search regions and neighbours, edges of base pixels included) runs
+    without healpy, whose import (matplotlib, astropy) costs each Spark worker ~1.4 CPU s."""
+    code = ("import sys, numpy as np\n"
+            "from photoz_spark.crossmatch import geometry, run\n"
+            "geometry.search_region(0, 3, 13)\n"
+            "geometry.neighbours(np.arange(12 * 4**2), 2)\n"
+            "assert 'healpy' not in sys.modules, 'healpy imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT_DIR)
 
 
 def test_search_region_is_the_pixel_and_a_thin_ring():

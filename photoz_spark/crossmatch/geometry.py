@@ -2,8 +2,8 @@
 
 Spark only schedules the pixels; every number the crossmatch produces comes from a function
 here or from ``algorithm.py``. Neighbours inside a base pixel are bit arithmetic on the nested
-index; healpy (whose import costs a Spark worker ~1.4 CPU s) is imported only for pixels on a
-base pixel's edge.
+index, and across a base pixel's edge HEALPix's own face tables (Healpix_Base::neighbors): no
+healpy in the workers (its import, with matplotlib and astropy, costs a Spark worker ~1.4 CPU s).
 """
 
 from __future__ import annotations
@@ -150,14 +150,30 @@ def _neighbours(pixels: np.ndarray, order: int) -> np.ndarray:
 
 
 _STEPS = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
+# Across a base pixel's edge (Healpix_Base::neighbors, HEALPix C++): a step leaving the base
+# pixel by x (-1/+1) and y (-3/+3) lands in the direction 4 + those (0 = S, 4 = itself, 8 = N);
+# _FACES[direction][base pixel] is the base pixel there (-1: none, the 7-neighbour vertices),
+# _SWAPS[direction][base pixel row: north, equator, south] how x/y turn on the way (bit 1: x ->
+# side-1-x, bit 2: y -> side-1-y, bit 4: swap x and y, in that order).
+_FACES = np.array([[8, 9, 10, 11, -1, -1, -1, -1, 10, 11, 8, 9],
+                   [5, 6, 7, 4, 8, 9, 10, 11, 9, 10, 11, 8],
+                   [-1, -1, -1, -1, 5, 6, 7, 4, -1, -1, -1, -1],
+                   [4, 5, 6, 7, 11, 8, 9, 10, 11, 8, 9, 10],
+                   [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+                   [1, 2, 3, 0, 0, 1, 2, 3, 5, 6, 7, 4],
+                   [-1, -1, -1, -1, 7, 4, 5, 6, -1, -1, -1, -1],
+                   [3, 0, 1, 2, 3, 0, 1, 2, 4, 5, 6, 7],
+                   [2, 3, 0, 1, -1, -1, -1, -1, 0, 1, 2, 3]], dtype=np.int64)
+_SWAPS = np.array([[0, 0, 3], [0, 0, 6], [0, 0, 0], [0, 0, 5], [0, 0, 0], [5, 0, 0], [0, 0, 0], [6, 0, 0],
+                   [3, 0, 0]], dtype=np.int64)
 
 
 def neighbours(pixels: np.ndarray, order: int) -> np.ndarray:
     """The 8 neighbours of nested pixels at ``order``: int64 (8, n), -1 where a vertex has only 7.
 
-    Inside a base pixel the neighbours are the (x +- 1, y +- 1) of the nested index's
-    interleaved bits; pixels on a base pixel's edge (4 / 2^order of them) ask healpy, whose
-    tables know which base pixel lies across.
+    In healpy's order (``get_all_neighbours``: SW, W, NW, N, NE, E, SE, S). Inside a base pixel
+    the neighbours are the (x +- 1, y +- 1) of the nested index's interleaved bits; pixels on a
+    base pixel's edge (4 / 2^order of them) step into the base pixel across by HEALPix's tables.
     """
     pixels = np.asarray(pixels, dtype=np.int64).ravel()
     side = np.int64(1) << order
@@ -168,10 +184,25 @@ def neighbours(pixels: np.ndarray, order: int) -> np.ndarray:
         out[i] = (base << 2 * order) | _interleave(np.clip(x + dx, 0, side - 1), np.clip(y + dy, 0, side - 1))
     edge = np.flatnonzero((x == 0) | (y == 0) | (x == side - 1) | (y == side - 1))
     if len(edge):
-        import healpy as hp
+        out[:, edge] = _across_edges(x[edge], y[edge], base[edge], order)
+    return out
 
-        out[:, edge] = np.asarray(hp.get_all_neighbours(int(side), pixels[edge], nest=True),
-                                  dtype=np.int64).reshape(8, -1)
+
+def _across_edges(x: np.ndarray, y: np.ndarray, base: np.ndarray, order: int) -> np.ndarray:
+    """``neighbours`` of pixels on a base pixel's edge (local x, y and base pixel of each): (8, n)."""
+    side = np.int64(1) << order
+    out = np.empty((8, len(x)), dtype=np.int64)
+    for i, (dx, dy) in enumerate(_STEPS):
+        nx, ny = x + dx, y + dy
+        direction = 4 + np.where(nx < 0, -1, np.where(nx >= side, 1, 0)) + np.where(ny < 0, -3,
+                                                                                   np.where(ny >= side, 3, 0))
+        nx, ny = nx % side, ny % side  # wrapped into the base pixel across
+        face = _FACES[direction, base]
+        bits = _SWAPS[direction, base >> 2]
+        nx = np.where(bits & 1, side - nx - 1, nx)
+        ny = np.where(bits & 2, side - ny - 1, ny)
+        nx, ny = np.where(bits & 4, ny, nx), np.where(bits & 4, nx, ny)
+        out[i] = np.where(face >= 0, (np.maximum(face, 0) << 2 * order) | _interleave(nx, ny), -1)
     return out
 
 
