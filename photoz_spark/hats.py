@@ -114,6 +114,18 @@ def pixel_relpath(order: int, npix: int) -> str:
     return f"Norder={order}/Dir={(npix // 10_000) * 10_000}/Npix={npix}.parquet"
 
 
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns a pixel file dictionary-encodes: all but floats and 64-bit integers.
+
+    Measurements, coordinates, identifiers and ``_healpix_29`` hardly ever repeat: Parquet would
+    hash every value of a pixel file into a dictionary (kept below ~1 MB of values, i.e. for most
+    pixel files) for nothing. Without it a crossmatch output file is written with ~4x less CPU
+    and is ~25 % smaller (bench/RESULTS.md); flags, counts and strings keep their dictionaries.
+    """
+    return [f.name for f in schema
+            if not (pa.types.is_floating(f.type) or (pa.types.is_integer(f.type) and f.type.bit_width == 64))]
+
+
 class _PixelFileWriter:
     """Writes batches sorted by ``_healpix_29`` into one Parquet file per pixel.
 
@@ -176,7 +188,7 @@ class _PixelFileWriter:
         # A hidden temporary name: a retried or killed Spark task never leaves a half file that
         # readers (which skip dot-files) would see.
         self._tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-        self._writer = pq.ParquetWriter(self._tmp, schema)
+        self._writer = pq.ParquetWriter(self._tmp, schema, use_dictionary=dictionary_columns(schema))
         self._npix, self.counts[npix] = npix, 0
 
     def _flush(self) -> None:

@@ -421,7 +421,7 @@ def _read_right(side: RightSide, lo: np.ndarray, hi: np.ndarray, algorithm: Cros
     sky = Sky(ra, dec, table.column(hats.HEALPIX_COLUMN).to_numpy())
     ids = table.column(catalog.id)
     # Ties in separation go to the lower id: integer ids order themselves, strings by their rank.
-    id_order = (pc.fill_null(ids, 0).to_numpy() if pa.types.is_integer(ids.type)
+    id_order = ((ids if ids.null_count == 0 else pc.fill_null(ids, 0)).to_numpy() if pa.types.is_integer(ids.type)
                 else pc.rank(ids, sort_keys="ascending", tiebreaker="dense").to_numpy())
     carried = {c: table.column(c).combine_chunks() for c in [catalog.id, *catalog.band_columns, *catalog.carried]}
     return _RightRows(carried, sky, id_order, algorithm.prepare(sky), decoded)
@@ -450,6 +450,9 @@ def _left_h29(batch: pa.RecordBatch, ra: np.ndarray, dec: np.ndarray, rows: np.n
 
 
 def _degrees(column) -> np.ndarray:
+    """Coordinates as float64, NaN for nulls (no cast nor fill, i.e. no copy, for the usual float64 without nulls)."""
+    if pa.types.is_float64(column.type) and column.null_count == 0:
+        return column.to_numpy(zero_copy_only=False)
     return pc.fill_null(pc.cast(column, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
 
 
