@@ -245,16 +245,17 @@ def _task_report(writer: _PixelFileWriter, stats: dict | None = None) -> pa.Reco
 def _collect_reports(rows) -> _Written:
     """Sum the tasks' reports; a pixel reported twice would mean two files for it: never commit that."""
     written = _Written({})
-    for row in rows:
-        if row.Npix < 0:
-            written.n_bytes += row.n_bytes
-            written.n_row_groups += row.n_row_groups
-            for key, value in json.loads(row.stats).items():
+    for row in rows:  # Spark Rows or dicts (map_pixels' RDD): both index by name
+        npix = row["Npix"]
+        if npix < 0:
+            written.n_bytes += row["n_bytes"]
+            written.n_row_groups += row["n_row_groups"]
+            for key, value in json.loads(row["stats"]).items():
                 written.stats[key] = written.stats.get(key, 0) + value
-        elif row.Npix in written.counts:
-            raise RuntimeError(f"pixel {row.Npix} was written by two tasks")
+        elif npix in written.counts:
+            raise RuntimeError(f"pixel {npix} was written by two tasks")
         else:
-            written.counts[row.Npix] = row.n_rows
+            written.counts[npix] = row["n_rows"]
     return written
 
 
@@ -550,39 +551,37 @@ def _tasks(catalog: Path, group_order: int) -> list[tuple[int, str]]:
 
 
 def _executor_pixel_mapper(source_dataset: str, dataset_dir: str, source_order: int, out_order: int,
-                           process) -> Callable[[Iterator[pa.RecordBatch]], Iterator]:
-    """The ``mapInArrow`` function of ``map_pixels``: each task's source pixels into its output files."""
+                           process) -> Callable[[Iterator[int]], Iterator[dict]]:
+    """The partition function of ``map_pixels``: each task's source pixels into its output files.
 
-    def run(tasks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for task in tasks:
-            for files in task.column("files").to_pylist():
-                writer, stats = _PixelFileWriter(dataset_dir, out_order), {}
-                for npix, relpath in json.loads(files):
-                    before = set(writer.counts)
-                    for batch in process(npix, str(Path(source_dataset) / relpath), stats):
-                        writer.write(batch)
-                    moved = [p for p in set(writer.counts) - before
-                             if not pixels_overlap(p, out_order, npix, source_order)]
-                    if moved:  # another task may be writing that pixel: never commit it
-                        writer.close()
-                        raise ValueError(f"the mapped rows of pixel {npix} fall in pixels {sorted(moved)}: "
-                                         f"map_hats functions must keep {HEALPIX_COLUMN}")
-                writer.close()
-                yield _task_report(writer, stats)
+    Gets the partition's task indices into ``_tasks``' list (carried in the closure as ``tasks``
+    by ``_by_index``) and yields the report rows (``_task_report``) as dicts.
+    """
+
+    def run(tasks: Iterator[tuple[int, str]]) -> Iterator[dict]:
+        for _, files in tasks:
+            writer, stats = _PixelFileWriter(dataset_dir, out_order), {}
+            for npix, relpath in json.loads(files):
+                before = set(writer.counts)
+                for batch in process(npix, str(Path(source_dataset) / relpath), stats):
+                    writer.write(batch)
+                moved = [p for p in set(writer.counts) - before
+                         if not pixels_overlap(p, out_order, npix, source_order)]
+                if moved:  # another task may be writing that pixel: never commit it
+                    writer.close()
+                    raise ValueError(f"the mapped rows of pixel {npix} fall in pixels {sorted(moved)}: "
+                                     f"map_hats functions must keep {HEALPIX_COLUMN}")
+            writer.close()
+            yield from _task_report(writer, stats).to_pylist()
 
     return run
 
 
-def _by_index(tasks: list[tuple[int, str]], mapper) -> Callable[[Iterator[pa.RecordBatch]], Iterator]:
-    """``mapper`` fed by task index: batches of ``spark.range`` ids become (Npix, files) batches."""
+def _by_index(tasks: list[tuple[int, str]], mapper) -> Callable[[Iterator[int]], Iterator]:
+    """``mapper`` fed by task index: a partition's indices become its (Npix, files) tasks."""
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        def as_tasks():
-            for batch in batches:
-                chosen = [tasks[i] for i in batch.column("id").to_pylist()]
-                yield pa.RecordBatch.from_pydict({"Npix": [t[0] for t in chosen], "files": [t[1] for t in chosen]})
-
-        return mapper(as_tasks())
+    def run(indices: Iterator[int]) -> Iterator:
+        return mapper(tasks[i] for i in indices)
 
     return run
 
@@ -640,13 +639,16 @@ def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator
     def write_pixels(dataset_dir: Path) -> _Written:
         if not tasks:
             return _Written({})
-        # One partition per task, in list order (Spark schedules partitions in index order). A
-        # JVM range, the list in the closure: a Python RDD (parallelize) would start its own
-        # Python daemon and workers just to hand out the list (~2.4 CPU s per stage).
-        frame = spark.range(len(tasks), numPartitions=len(tasks))
+        # One partition per task, in list order (Spark schedules partitions in index order), the
+        # list in the closure. A Python RDD of the indices (one stage, its reports pickled back),
+        # not spark.range + mapInArrow: the SQL and Arrow machinery around a Python stage costs
+        # the JVM ~2 CPU s more on a job's first stage (bench/RESULTS.md), for 13 report rows.
         mapper = _executor_pixel_mapper(str(catalog / DATASET_DIR), str(dataset_dir), source_order, out_order,
                                         process)
-        return _collect_reports(frame.mapInArrow(_by_index(tasks, mapper), _TASK_DDL, profile=profile).collect())
+        reports = spark.sparkContext.parallelize(range(len(tasks)), len(tasks)).mapPartitions(_by_index(tasks, mapper))
+        if profile is not None:
+            reports = reports.withResources(profile)
+        return _collect_reports(reports.collect())
 
     return _write_catalog(path, write_pixels, order=out_order, ra_col=ra_col, dec_col=dec_col,
                           catalog_name=catalog_name, extra_properties=extra_properties,

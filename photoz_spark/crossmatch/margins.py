@@ -31,7 +31,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from photoz_spark import hats
@@ -104,12 +103,11 @@ def border_rows(h29: np.ndarray, npix: int, order: int, margin_order: int) -> np
 
 
 def _border_task(args: tuple, groups: list[list[int]]):
-    """The ``mapInArrow`` function of ``build``: task i writes the borders of ``groups[i]``."""
+    """The partition function of ``build``: task i writes the borders of ``groups[i]``, yields its rows."""
 
-    def run(batches):
-        for batch in batches:
-            rows = [_write_borders(*args, groups[i]) for i in batch.column("id").to_pylist()]
-            yield pa.RecordBatch.from_pydict({"rows": pa.array(rows, pa.int64())})
+    def run(indices):
+        for i in indices:
+            yield _write_borders(*args, groups[i])
 
     return run
 
@@ -156,10 +154,10 @@ def build(spark, catalog: Path, margin_order: int, home: Path | None = None) -> 
         if spark is None:
             rows = sum(_write_borders(*args, g) for g in groups)
         elif groups:
-            # A JVM range and mapInArrow, as hats.map_pixels: a Python RDD would start a second
-            # Python daemon and workers beside the crossmatch's own (~2 CPU s per job).
-            rows = sum(row.rows for row in spark.range(len(groups), numPartitions=len(groups))
-                       .mapInArrow(_border_task(args, groups), "rows long").collect())
+            # A Python RDD of the group indices, as hats.map_pixels: the crossmatch's tasks then
+            # fork from the same Python daemon (a mapInArrow stage would start a second one).
+            rows = sum(spark.sparkContext.parallelize(range(len(groups)), len(groups))
+                       .mapPartitions(_border_task(args, groups)).collect())
         else:
             rows = 0
         (staging / MANIFEST).write_text(json.dumps(manifest))
