@@ -123,14 +123,15 @@ def run_spark(workdir: Path, master: str, n_left: int) -> dict:
     spec = importlib.util.spec_from_file_location("crossmatch_job", ROOT / "jobs" / "crossmatch.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
-    t0, cpu0 = time.perf_counter(), _tree_cpu_seconds()
+    t0, procs0 = time.perf_counter(), _tree_cpu_by_process()
     summary = job.main(["--workdir", str(workdir), "crossmatch.right=[sdss]",
                         f"crossmatch.radius_arcsec={RADIUS_ARCSEC}", *overrides])
-    seconds, cpu = time.perf_counter() - t0, _tree_cpu_seconds() - cpu0
+    seconds, by_kind = time.perf_counter() - t0, _cpu_by_kind(procs0, _tree_cpu_by_process())
+    cpu = sum(by_kind.values())
     out = _read_columns(workdir / "matched" / "dr16q", ["THING_ID", "sdss_id"])
     match = np.full(n_left, -1, dtype=np.int64)
     match[out["THING_ID"]] = out["sdss_id"]
-    return {"seconds": seconds, "cpu_seconds": cpu, "match": match, "jvm_seconds": t_jvm,
+    return {"seconds": seconds, "cpu_seconds": cpu, "cpu_by_kind": by_kind, "match": match, "jvm_seconds": t_jvm,
             "warmup_cpu_seconds": warmup_cpu, "margin": margin, "margin_cache": summary["margin_cache"],
             "join_order": summary["join_order"], "task_order": summary["task_order"],
             "right_rows_read": summary["right_rows_read"], "right_rows_used": summary["right_rows_used"]}
@@ -142,16 +143,31 @@ def _tree_cpu_seconds() -> float:
     On a shared machine wall time measures the other jobs too; CPU time is each method's own
     work. Descendants that exit during a run would be missed (Spark keeps its workers alive).
     """
+    return sum(_tree_cpu_by_process().values())
+
+
+def _tree_cpu_by_process() -> dict:
+    """``_tree_cpu_seconds`` per process: {(pid, "driver" | "jvm" | "python daemon/worker"): CPU s}."""
     import psutil
 
-    total = 0.0
-    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+    me = psutil.Process()
+    found = {}
+    for proc in [me, *me.children(recursive=True)]:
         try:
             times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
+            kind = "driver" if proc.pid == me.pid else "jvm" if proc.name() == "java" else "python daemon/worker"
+            found[(proc.pid, kind)] = times.user + times.system
+        except psutil.Error:  # gone, or a zombie
             pass
-    return total
+    return found
+
+
+def _cpu_by_kind(before: dict, after: dict) -> dict:
+    """CPU seconds spent between two ``_tree_cpu_by_process`` snapshots, summed per kind of process."""
+    spent: dict = {}
+    for (pid, kind), cpu in after.items():
+        spent[kind] = spent.get(kind, 0.0) + cpu - before.get((pid, kind), 0.0)
+    return spent
 
 
 def run_astropy(workdir: Path, n_left: int) -> dict:
@@ -260,6 +276,8 @@ def report(results: dict, truth: np.ndarray, args) -> None:
     print(f"Spark JVM start (not counted): {spark['jvm_seconds']:.1f} s; its first trivial job (JIT warm-up, not "
           f"counted): {spark['warmup_cpu_seconds']:.1f} CPU s; with it Spark does "
           f"{args.left_rows / (spark['cpu_seconds'] + spark['warmup_cpu_seconds']):,.0f} left rows per CPU s")
+    print("Spark job CPU s by process: " + ", ".join(f"{kind} {cpu:.1f}" for kind, cpu in sorted(spark["cpu_by_kind"].items()))
+          + f"; machine load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
     print(f"Spark right margin cache build (not counted, a one-off per right catalog): {spark['margin']['seconds']:.1f} s, "
           f"{spark['margin']['cpu_seconds']:.1f} CPU s, {spark['margin']['rows']:,d} border rows; "
           f"the job found it: {spark['margin_cache']}")
