@@ -12,6 +12,12 @@ costs one set of imports instead of one per worker.
 master, the driver's own interpreter and path: ``spark.python_daemon``); elsewhere Spark's
 daemon runs. A preload that fails is skipped: the worker imports it itself, as with Spark's
 daemon.
+
+One trade-off: Spark's daemon imports nothing that starts threads before it forks; numpy
+(OpenBLAS), pyarrow (jemalloc's background thread) and pandas (numexpr) do. Those libraries
+rebuild their pools in a forked child (fork handlers, pid checks), as for any ``multiprocessing``
+fork after importing them, and no worker has hung in the tests or benches; ``spark.python_daemon:
+spark`` goes back to Spark's daemon.
 """
 
 from __future__ import annotations
