@@ -70,6 +70,8 @@ def fit(features_dir: str | Path, settings, model_overrides: dict | None = None,
         keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(12345))[:max_train_rows]
         data = type(data)(data.features[keep], data.observed[keep], data.z[keep])
     model = BiLSTMMDN(ModelConfig(n_steps=feed.layout["n_steps"], **(model_overrides or {})))
+    if settings.head_init == "quantiles":
+        model.init_head(data.z)
     steps = len(data) // settings.batch_size
     curve, t0, c0 = [], time.perf_counter(), time.process_time()
 

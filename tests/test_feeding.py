@@ -246,3 +246,23 @@ def test_prefetched_keeps_order_raises_and_stops():
     next(endless)
     endless.close()
     assert not any(t.name == "photoz-prefetch" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("recipe", ["fast", "paper"])
+def test_train_rank_starts_the_mixture_as_the_recipe_says(tmp_path, recipe):
+    """train.recipe=fast (head_init quantiles): the rank starts the head's means at the quantiles of
+    its training redshifts; paper keeps PyTorch's initialisation. max_epochs=0 saves the start."""
+    from photoz_spark.train.run import model_config, train_rank
+
+    write_features(tmp_path / "features")
+    config = load_config("train.yaml", overrides=[f"train.recipe={recipe}", "train.max_epochs=0",
+                                                  "train.batch_size=32"])
+    out = tmp_path / "run"
+    out.mkdir()
+    mcfg = model_config(config["model"], json.loads((tmp_path / "features" / LAYOUT_FILE).read_text()))
+    train_rank(str(tmp_path / "features"), str(out), config["train"], mcfg, False)
+    k = mcfg["n_components"]
+    means = torch.load(out / "best.pt")["head.bias"][k:2 * k].numpy()
+    z = ArrowFeed(tmp_path / "features").load("train").z.numpy()
+    quantiles = np.quantile(z, (np.arange(k) + 0.5) / k)
+    assert np.allclose(means, quantiles, atol=1e-5) == (recipe == "fast")

@@ -276,12 +276,16 @@ def test_recipe_presets_overrides_and_global_batch():
     paper = settings_from(load_config("train.yaml", overrides=["train.recipe=paper"])["train"])
     assert (paper.optimizer, paper.batch_size, paper.lr, paper.schedule, paper.lr_step_epochs, paper.lr_gamma,
             paper.patience, paper.max_epochs, paper.grad_clip) == ("adam", 128, 1e-3, "step", 50, 0.1, 20, 200, 0.0)
+    assert paper.head_init == "torch"
     fast = settings_from(load_config("train.yaml", overrides=["train.recipe=fast", "train.lr=1e-6",
                                                               "train.batch_size=64"])["train"])
-    assert fast.optimizer == "adamw" and fast.schedule == "cosine" and fast.lr == 1e-6 and fast.batch_size == 64
+    assert (fast.optimizer, fast.schedule, fast.lr, fast.batch_size, fast.head_init) == (
+        "adam", "cosine", 1e-6, 64, "quantiles")
+    large = settings_from(load_config("train.yaml", overrides=["train.recipe=large_batch"])["train"])
+    assert (large.optimizer, large.batch_size, large.lr_scaling, large.peak_lr) == ("adamw", 512, "linear", 4e-3)
     # the global batch over ranks: 2 ranks x 32 rows take the step one process takes on 64
     assert rank_batch(64, 2) == 32 and rank_batch(64, 1) == 64
     with pytest.raises(ConfigError, match="global batch and must divide evenly over train.num_processes=2"):
         rank_batch(65, 2)
-    with pytest.raises(ConfigError, match="train.recipe must be one of paper, fast"):
+    with pytest.raises(ConfigError, match="train.recipe must be one of paper, fast, large_batch"):
         settings_from(load_config("train.yaml", overrides=["train.recipe=quick"])["train"])

@@ -18,8 +18,10 @@ band's observed flag, so a missing band is seen as missing rather than as an ave
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -92,6 +94,34 @@ class BiLSTMMDN(nn.Module):
             logits, mu, raw_sigma = self.head(x.float()).chunk(3, dim=-1)
         return logits, mu, F.softplus(raw_sigma) + SIGMA_FLOOR
 
+
+    def init_head(self, z: torch.Tensor | np.ndarray, scale: float = 0.1) -> None:
+        """Start the mixture at the training redshift distribution (``train.head_init=quantiles``).
+
+        PyTorch's default initialisation puts every component's mean near 0, two units below a
+        typical quasar, and Adam at 1e-3 moves a bias ~1e-3 per step: the first ~10 epochs are
+        spent getting the means into place (bench/RESULTS.md, "Head initialisation"). Here the
+        K means start at the K quantiles of the training redshifts, the widths at their mean
+        spacing, the weights equal, and the head's weights are scaled by ``scale`` so that the
+        first steps move the mixture gently from there.
+
+        Args:
+            z: training redshifts (this rank's shard or a sample of it).
+            scale: factor on the head's initial weights.
+        """
+        k = self.config.n_components
+        z = np.asarray(z, dtype=np.float64)
+        z = z[np.isfinite(z)]
+        if len(z) == 0:
+            raise ValueError("init_head needs at least one finite training redshift")
+        means = np.quantile(z, (np.arange(k) + 0.5) / k)
+        width = max(float(means[-1] - means[0]) / k, 0.01)
+        with torch.no_grad():
+            self.head.weight.mul_(scale)
+            bias = self.head.bias  # [logits | mu | raw sigma], as ``forward`` chunks it
+            bias[:k] = 0.0
+            bias[k:2 * k] = torch.as_tensor(means, dtype=bias.dtype)
+            bias[2 * k:] = math.log(math.expm1(width))  # softplus^-1: sigma starts at ``width``
 
     def aggregate(self, steps: torch.Tensor) -> torch.Tensor:
         """The second Bi-LSTM's per-step outputs [B, T, 2*hidden2] -> one vector per object."""

@@ -277,6 +277,31 @@ class PetastormFeed:
         self._loader = self._stream = None
 
 
+def train_redshifts(feed, rank: int, world: int, batch_size: int, seed: int, rows: int = 8192) -> torch.Tensor:
+    """This rank's training redshifts, for the mixture head's initial means (``init_head``).
+
+    Args:
+        feed: an ArrowFeed (its whole shard, read once and kept for training) or a streamed feed
+            (its next ``rows`` or more: the stream is endless and shuffled, so a sample suffices).
+        rank, world, batch_size, seed: as ``Feed.train_batches`` (batch_size per rank).
+        rows: the sample size of a streamed feed.
+
+    Returns:
+        The redshifts [N].
+    """
+    if isinstance(feed, ArrowFeed):
+        return feed.train_data(rank, world).z
+    parts, n = [], 0
+    while n < rows:
+        got = [z for _, _, z in feed.train_batches(0, rank, world, batch_size, seed)]
+        if not got:
+            break
+        for z in got:
+            parts.append(z)
+            n += len(z)
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
 # --- placing a rank's training shard on its device ---------------------------------------------
 
 DEVICE_SHARE = 0.5   # a shard goes to the GPU whole if it takes at most this share of the free memory

@@ -1,11 +1,14 @@
 """The training loop in plain torch: the recipe's optimiser and schedule, early stopping, checkpoint, resume.
 
-Two recipes (``TrainSettings.recipe``, presets in conf/train.yaml):
+Recipes (``train.recipe``, presets in conf/train.yaml):
 
 * ``paper``: Adam (lr 1e-3, batch 128), lr x 0.1 every 50 epochs, early stopping after 20
   epochs without improvement, best weights;
-* ``fast``: a large batch with the learning rate scaled linearly from its reference batch,
-  a linear warm-up then a cosine decay to 0 at ``max_epochs``, AdamW and gradient clipping.
+* ``fast``: the same batch, Adam at 2e-3 with a one-epoch linear warm-up then a cosine decay to
+  0 at ``max_epochs``, and the mixture head started at the training redshift quantiles
+  (``head_init``, applied by the caller: ``BiLSTMMDN.init_head``);
+* ``large_batch``: a large batch with the learning rate scaled linearly from its reference
+  batch, warm-up, cosine, AdamW and gradient clipping.
 
 The learning rate is a pure function of (epoch, step in epoch) (``lr_at``), set before each
 optimizer step: a resumed run follows the same schedule as an unbroken one.
@@ -38,6 +41,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # features [B, T*C], ob
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("step", "cosine")
+HEAD_INITS = ("torch", "quantiles")
 LR_REFERENCE_BATCH = 128          # "linear" lr scaling: lr is the rate at this batch size
 AUTOCASTS = ("auto", "none", "bf16", "fp16")
 
@@ -62,6 +66,7 @@ class TrainSettings:
     patience: int = 20            # epochs without validation improvement before stopping
     seed: int = 0
     autocast: str = "auto"        # auto | none | bf16 | fp16 (resolve_autocast); mixture head and loss stay fp32
+    head_init: str = "torch"      # torch: PyTorch's default (the paper's) | quantiles: BiLSTMMDN.init_head
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -70,6 +75,8 @@ class TrainSettings:
             raise ValueError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.lr_scaling not in ("none", "linear"):
             raise ValueError(f"train.lr_scaling must be none or linear, got {self.lr_scaling!r}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"train.head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
         if self.autocast not in AUTOCASTS:
             raise ValueError(f"train.autocast must be one of {', '.join(AUTOCASTS)}, got {self.autocast!r}")
 

@@ -197,7 +197,7 @@ def _train_shard(features_dir: str, out: Path, cfg: dict, model_cfg: dict, devic
 
     from photoz_spark.errors import UserError
     from photoz_spark.model import BiLSTMMDN
-    from photoz_spark.train.feeding import ArrowFeed, epoch_source, eval_batches
+    from photoz_spark.train.feeding import ArrowFeed, epoch_source, eval_batches, train_redshifts
     from photoz_spark.train.loop import train
 
     job_rank, rank, world, group = ranks
@@ -215,6 +215,8 @@ def _train_shard(features_dir: str, out: Path, cfg: dict, model_cfg: dict, devic
         print(f"{label}rank training shard: {placed}", flush=True)
     torch.manual_seed(settings.seed)  # the initial weights: each rank process starts with a random torch seed
     model = BiLSTMMDN(ModelConfig(**model_cfg))
+    if settings.head_init == "quantiles":  # DDP then gives every rank rank 0's (a resume overwrites it)
+        model.init_head(train_redshifts(feed, rank, world, batch, settings.seed))
 
     log_metric = None
     if rank == 0 and tracking:  # per-epoch metrics go to the run live, from rank 0
