@@ -97,10 +97,9 @@ def score_task(model_dir: Path, source: Path, out: Path, device: str, overlap: s
     (out / f"Norder={order}").mkdir(parents=True)
     mapper = hats._executor_pixel_mapper(str(source / hats.DATASET_DIR), str(out), order, order,
                                          hats._pixel_file_reader(fn, columns, batch_size))
-    tasks = hats._tasks(source, order)
-    batch = pa.RecordBatch.from_pydict({"Npix": [t[0] for t in tasks], "files": [t[1] for t in tasks]})
+    tasks = hats._tasks(source, order)  # map_hats' tasks, fed as its partitions feed them
     with Clock() as clock:
-        rows = sum(sum(r.column("n_rows").to_pylist()) for r in mapper(iter([batch])))
+        rows = sum(report["n_rows"] for report in mapper(iter(tasks)))
         sync(device)
     return {"rows": rows, "wall": clock.wall, "cpu": clock.cpu}
 

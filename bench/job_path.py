@@ -194,14 +194,13 @@ def score_pixel_file(model_dir: Path, source: Path, out: Path, device: str, prec
         (out / f"Norder={order}").mkdir(parents=True)  # map_hats' driver makes this level
         mapper = hats._executor_pixel_mapper(str(source / hats.DATASET_DIR), str(out), order, order,
                                              hats._pixel_file_reader(fn, columns, batch_size))
-        tasks = pa.RecordBatch.from_pydict({"Npix": [t[0] for t in pixel_tasks], "files": [t[1] for t in pixel_tasks]})
         with Utilisation(runtime.task_device()) as util:
             t0 = time.perf_counter()
-            counts = next(iter(mapper(iter([tasks]))))
+            reports = list(mapper(iter(pixel_tasks)))  # one report row per task, as map_hats' partitions yield
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
-        rows = int(sum(counts.column("n_rows").to_pylist()))
+        rows = int(sum(report["n_rows"] for report in reports))
         passes.append({"task": label, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
                        "utilisation": util.mean})
     written = sum(pq.ParquetFile(f).metadata.num_rows for f in out.rglob("*.parquet"))
