@@ -554,8 +554,8 @@ def _executor_pixel_mapper(source_dataset: str, dataset_dir: str, source_order: 
                            process) -> Callable[[Iterator[int]], Iterator[dict]]:
     """The partition function of ``map_pixels``: each task's source pixels into its output files.
 
-    Gets the partition's task indices into ``_tasks``' list (carried in the closure as ``tasks``
-    by ``_by_index``) and yields the report rows (``_task_report``) as dicts.
+    Gets the partition's (Npix, files) tasks of ``_tasks``' list (``by_index`` turns the
+    partition's indices into them) and yields the report rows (``_task_report``) as dicts.
     """
 
     def run(tasks: Iterator[tuple[int, str]]) -> Iterator[dict]:
@@ -577,8 +577,9 @@ def _executor_pixel_mapper(source_dataset: str, dataset_dir: str, source_order: 
     return run
 
 
-def _by_index(tasks: list[tuple[int, str]], mapper) -> Callable[[Iterator[int]], Iterator]:
-    """``mapper`` fed by task index: a partition's indices become its (Npix, files) tasks."""
+def by_index(tasks: list, mapper) -> Callable[[Iterator[int]], Iterator]:
+    """``mapper`` fed by task index: a partition's indices become its tasks (an RDD of
+    ``range(len(tasks))``, one partition each, runs the list in the closure, in order)."""
 
     def run(indices: Iterator[int]) -> Iterator:
         return mapper(tasks[i] for i in indices)
@@ -645,7 +646,7 @@ def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator
         # the JVM ~2 CPU s more on a job's first stage (bench/RESULTS.md), for 13 report rows.
         mapper = _executor_pixel_mapper(str(catalog / DATASET_DIR), str(dataset_dir), source_order, out_order,
                                         process)
-        reports = spark.sparkContext.parallelize(range(len(tasks)), len(tasks)).mapPartitions(_by_index(tasks, mapper))
+        reports = spark.sparkContext.parallelize(range(len(tasks)), len(tasks)).mapPartitions(by_index(tasks, mapper))
         if profile is not None:
             reports = reports.withResources(profile)
         return _collect_reports(reports.collect())

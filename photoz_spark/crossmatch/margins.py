@@ -102,16 +102,6 @@ def border_rows(h29: np.ndarray, npix: int, order: int, margin_order: int) -> np
     return (x == 0) | (y == 0) | (x == edge) | (y == edge)
 
 
-def _border_task(args: tuple, groups: list[list[int]]):
-    """The partition function of ``build``: task i writes the borders of ``groups[i]``, yields its rows."""
-
-    def run(indices):
-        for i in indices:
-            yield _write_borders(*args, groups[i])
-
-    return run
-
-
 def _write_borders(catalog: str, target: str, order: int, margin_order: int, pixels: list[int]) -> int:
     """One build task: the border rows of each pixel into the staged cache; returns the rows written."""
     written = 0
@@ -157,7 +147,8 @@ def build(spark, catalog: Path, margin_order: int, home: Path | None = None) -> 
             # A Python RDD of the group indices, as hats.map_pixels: the crossmatch's tasks then
             # fork from the same Python daemon (a mapInArrow stage would start a second one).
             rows = sum(spark.sparkContext.parallelize(range(len(groups)), len(groups))
-                       .mapPartitions(_border_task(args, groups)).collect())
+                       .mapPartitions(hats.by_index(groups, lambda tasks: (_write_borders(*args, g) for g in tasks)))
+                       .collect())
         else:
             rows = 0
         (staging / MANIFEST).write_text(json.dumps(manifest))

@@ -100,7 +100,7 @@ class BiLSTMMDN(nn.Module):
 
         PyTorch's default initialisation puts every component's mean near 0, two units below a
         typical quasar, and Adam at 1e-3 moves a bias ~1e-3 per step: the first ~10 epochs are
-        spent getting the means into place (bench/RESULTS.md, "Head initialisation"). Here the
+        spent getting the means into place (bench/RESULTS.md, "A recipe that converges fast"). Here the
         K means start at the K quantiles of the training redshifts, the widths at their mean
         spacing, the weights equal, and the head's weights are scaled by ``scale`` so that the
         first steps move the mixture gently from there.
