@@ -204,8 +204,35 @@ def test_softening_from_the_sky_noise_and_asinh_standardise():
     np.testing.assert_allclose(x[0, :, 1], 1 / 2.084, rtol=1e-5)       # sigma / 2b at zero flux
     # the same features with the default representation are the standardised fluxes
     assert compute_stats(features, observed, band_set)["representation"] == "flux"
-    with pytest.raises(ValueError, match="representation must be one of flux, asinh_mag"):
+    with pytest.raises(ValueError, match="representation must be one of flux, asinh_mag, auto"):
         compute_stats(features, observed, band_set, representation="mag")
+
+
+def test_auto_representation_is_asinh_only_when_a_band_is_noise_dominated():
+    band_set = REG.band_set("ugrizy")
+    rng = np.random.default_rng(3)
+    n = 2000
+    sigma = np.full(6, 0.1)                                            # uJy
+    flux = rng.lognormal(np.log(20.0), 0.5, (n, 6)) * sigma           # mean ~23 sigma = 22 b in every band
+    observed = np.ones((n, 6), dtype=bool)
+
+    def stats_of(f):
+        x = np.stack([f, np.broadcast_to(sigma, f.shape)], -1).reshape(n, 12).astype(np.float32)
+        return compute_stats(x, observed, band_set, representation="auto")
+
+    deep = stats_of(flux)
+    assert deep["representation"] == "flux"
+    assert deep["faintest_band"][0].startswith("lsst_") and 15 < deep["faintest_band"][1] < 30
+    shallow = flux.copy()
+    shallow[:, 5] = rng.normal(0.4, 1.0, n) * sigma[5]                # y: mean 0.4 sigma, noise-dominated
+    chosen = stats_of(shallow)
+    assert chosen["representation"] == "asinh_mag"
+    assert chosen["faintest_band"][0] == "lsst_y" and abs(chosen["faintest_band"][1] - 0.4 / 1.042) < 0.1
+    # the rule's edge: 4.5 b is noise-dominated, 5.5 b is not
+    for mean_b, expected in ((4.5, "asinh_mag"), (5.5, "flux")):
+        edge = flux.copy()
+        edge[:, 5] = mean_b * 1.042 * sigma[5] + rng.normal(0, 0.01, n) * sigma[5]
+        assert stats_of(edge)["representation"] == expected, mean_b
 
 
 # --- the job ---------------------------------------------------------------------------------

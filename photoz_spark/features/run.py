@@ -33,7 +33,7 @@ from photoz_spark.features.build import (
 from photoz_spark.features.catalog import LAYOUT_FILE, STATS_FILE
 from photoz_spark.features.extinction import extinction_columns
 from photoz_spark.features.split import SPLITS, check_fractions
-from photoz_spark.features.stats import REPRESENTATIONS, stats_from_moments
+from photoz_spark.features.stats import CHOICES, stats_from_moments
 from photoz_spark.flags import FLAGS_COLUMN
 from photoz_spark.staging import job_staging
 
@@ -63,8 +63,8 @@ def feature_spec(cfg: dict, registry: BandCatalog, properties: dict | None = Non
     split = cfg["split"]
     fractions = check_fractions([split[name] for name in SPLITS])
     require(cfg["z_max"] > 0, f"features.z_max must be > 0, got {cfg['z_max']}")
-    require(cfg["representation"] in REPRESENTATIONS,
-            f"features.representation must be one of {', '.join(REPRESENTATIONS)}, got {cfg['representation']!r}")
+    require(cfg["representation"] in CHOICES,
+            f"features.representation must be one of {', '.join(CHOICES)}, got {cfg['representation']!r}")
     return FeatureSpec(
         band_set=band_set, registry=registry, id_column=cfg["id_column"] or left.id,
         ra_column=left.ra, dec_column=left.dec, z_column=cfg["z_column"],
@@ -258,6 +258,7 @@ def build_features(spark, cfg: dict, registry: BandCatalog, workdir) -> dict:
     observed = np.asarray(summary["observed"]) / max(summary["rows"], 1)
     return {
         "input": str(matched), "output": str(target), "stats": str(target / STATS_FILE),
+        "representation": stats["representation"], "faintest_band": stats.get("faintest_band"),
         "band_set": spec.band_set.name, "n_steps": spec.n_steps, "n_values": spec.n_values,
         "rows_in": rows_in, "rows_out": written["n_rows"], "partitions": written["n_partitions"],
         "splits": summary["splits"], "excluded_by_reason": summary["excluded_by_reason"],

@@ -16,6 +16,12 @@ that training, scoring and evaluation apply the same one through ``standardise``
   errors, dominated by the faint, sky-limited sources (a 5-sigma depth m_5 means
   sigma_sky = 10^(-0.4 m_5) * 3631 Jy / 5). No depth has to be configured, so a real survey needs
   nothing new. These values are O(1) by construction (about 0-8 and 0-0.5) and are not rescaled.
+* ``auto`` (chosen when the statistics are made, and recorded as the one chosen): ``asinh_mag``
+  when some band of the set is noise-dominated for a typical object (its mean observed flux below
+  ``FAINT_BAND_SIGNAL`` softenings, i.e. about 5 sigma_sky: GALEX, WISE W3/W4 for quasars), else
+  ``flux``. Measured (bench/RESULTS.md): on deep LSST ugrizy (every band's mean above 65 b)
+  standardised fluxes win at convergence; on all14 (GALEX FUV at 0.3 b, W4 at 1.3 b) asinh
+  magnitudes do.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from photoz_spark.bands import BandSet
 from photoz_spark.features.sequencing import CHANNELS, UJY_PER_JY, UNIT
 
 REPRESENTATIONS = ("flux", "asinh_mag")
+CHOICES = (*REPRESENTATIONS, "auto")   # what features.representation accepts
+FAINT_BAND_SIGNAL = 5.0         # auto: a band whose mean flux is below this many softenings is noise-dominated
 SOFTENING_PER_SIGMA = 1.042     # b / sigma_sky minimising the luptitude's variance (Lupton et al. 1999)
 POGSON = 2.5 / np.log(10.0)     # 1.0857: magnitudes per unit of ln(flux)
 AB_ZERO_POINT_UJY = 3631.0 * UJY_PER_JY
@@ -105,6 +113,44 @@ def luptitude(flux: np.ndarray, softening_ujy: np.ndarray | float) -> np.ndarray
     return -POGSON * (np.arcsinh(np.asarray(flux, dtype=np.float64) / (2 * b)) + np.log(b / AB_ZERO_POINT_UJY))
 
 
+def faintest_band(m: dict, band_set: BandSet) -> tuple[str, float]:
+    """The band whose mean observed flux is the fewest softenings (``auto``'s test).
+
+    Args:
+        m: moments with ``inv_var`` (``moments`` / ``combine_moments``).
+        band_set: the bands the moments are of.
+
+    Returns:
+        (band name, mean flux / softening); ("", inf) when no band is observed.
+    """
+    observed = np.asarray(m["count"])[:, 0] > 0
+    if not observed.any():
+        return "", float("inf")
+    signal = np.where(observed, np.asarray(m["mean"], dtype=np.float64)[:, 0] / softening(m), np.inf)
+    i = int(np.argmin(signal))
+    return band_set.names[i], float(signal[i])
+
+
+def resolve_representation(representation: str, m: dict, band_set: BandSet) -> str:
+    """``auto`` made concrete from the training moments; ``flux``/``asinh_mag`` as given.
+
+    Args:
+        representation: one of ``CHOICES``.
+        m, band_set: see ``faintest_band``.
+
+    Returns:
+        ``asinh_mag`` if some band's mean flux is below ``FAINT_BAND_SIGNAL`` softenings, else ``flux``.
+    """
+    if representation not in CHOICES:
+        raise ValueError(f"features.representation must be one of {', '.join(CHOICES)}, "
+                         f"got {representation!r}")
+    if representation != "auto":
+        return representation
+    if "inv_var" not in m:
+        raise ValueError("representation auto needs the inverse-variance moments: rebuild the features")
+    return "asinh_mag" if faintest_band(m, band_set)[1] < FAINT_BAND_SIGNAL else "flux"
+
+
 def stats_from_moments(m: dict, band_set: BandSet, representation: str = "flux") -> dict:
     """JSON-serialisable statistics from (combined) moments.
 
@@ -115,17 +161,17 @@ def stats_from_moments(m: dict, band_set: BandSet, representation: str = "flux")
     Args:
         m: moments as from ``moments`` / ``combine_moments``, shaped [T, C].
         band_set: the bands the moments are of, in sequence order.
-        representation: what ``standardise`` feeds the network: ``flux`` or ``asinh_mag``.
+        representation: what ``standardise`` feeds the network: ``flux``, ``asinh_mag`` or
+            ``auto`` (one of the two, by ``resolve_representation``).
 
     Returns:
-        {"band_set", "bands", "channels", "unit", "representation", "count", "mean", "std"
-        (the last three nested lists [T][C], of the fluxes), "softening" ([T], uJy; only with
-        moments that hold ``inv_var``)}.
+        {"band_set", "bands", "channels", "unit", "representation" (flux or asinh_mag),
+        "count", "mean", "std" (the last three nested lists [T][C], of the fluxes), "softening"
+        ([T], uJy; only with moments that hold ``inv_var``), "faintest_band" ([name, mean flux /
+        softening]; with ``inv_var`` and an observed band)}.
     """
-    if representation not in REPRESENTATIONS:
-        raise ValueError(f"features.representation must be one of {', '.join(REPRESENTATIONS)}, "
-                         f"got {representation!r}")
-    if representation == "asinh_mag" and "inv_var" not in m:
+    chosen = resolve_representation(representation, m, band_set)
+    if chosen == "asinh_mag" and "inv_var" not in m:
         raise ValueError("asinh_mag needs the inverse-variance moments: rebuild the features")
     count = np.asarray(m["count"], dtype=np.int64)
     if count.shape != (len(band_set), len(CHANNELS)):
@@ -137,13 +183,16 @@ def stats_from_moments(m: dict, band_set: BandSet, representation: str = "flux")
         "bands": band_set.names,
         "channels": list(CHANNELS),
         "unit": UNIT,
-        "representation": representation,
+        "representation": chosen,
         "count": count.tolist(),
         "mean": np.where(count > 0, m["mean"], 0.0).tolist(),
         "std": np.where((count > 0) & (std > 0), std, 1.0).tolist(),
     }
     if "inv_var" in m:
         stats["softening"] = softening(m).tolist()
+        name, signal = faintest_band(m, band_set)
+        if name:  # (none when nothing is observed: no Infinity in stats.json)
+            stats["faintest_band"] = [name, round(signal, 3)]
     return stats
 
 

@@ -51,6 +51,9 @@ def print_summary(summary: dict, job=None) -> None:
     flagged = {k: v for k, v in summary["flagged"].items() if v}
     print("flagged rows  " + (", ".join(f"{k} {v:,d}" for k, v in flagged.items()) or "none"))
     print(f"stats         {summary['stats']} (training split)")
+    faintest = summary.get("faintest_band")
+    print(f"inputs        {summary['representation']}" + (
+        f" (faintest band {faintest[0]}: mean flux {faintest[1]:.1f} softenings)" if faintest else ""))
     print(f"time          features {secs['features']:.1f} s, write {secs['write']:.1f} s, total {secs['total']:.1f} s "
           f"({rows_out / max(secs['total'], 1e-9):,.0f} rows/s)")
 
