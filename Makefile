@@ -45,16 +45,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 WORKDIR ?= workdir
-# The fast recipe (conf/train.yaml) as a cosine over DEMO_EPOCHS: on the demo sky (~68k training
-# objects) that is ~6k optimizer steps, more than it takes to converge on 8k objects; with all 14 bands
-# the fast recipe does best on asinh magnitudes (bench/RESULTS.md "A recipe that converges fast").
+# The default fast recipe (conf/train.yaml) as a cosine over DEMO_EPOCHS: on the demo sky (~68k training
+# objects) that is ~6k optimizer steps, more than it takes to converge on 8k objects; the default
+# features.representation=auto gives all14 asinh magnitudes (bench/RESULTS.md "A recipe that converges fast").
 DEMO_EPOCHS ?= 12
 
 demo: $(VENV)/.installed
 	$(PY) jobs/simulate_sky.py --workdir $(WORKDIR) $(ARGS)
 	$(PY) jobs/crossmatch.py --workdir $(WORKDIR)
-	$(PY) jobs/build_features.py --workdir $(WORKDIR) features.representation=asinh_mag
-	$(PY) jobs/train.py --workdir $(WORKDIR) train.recipe=fast train.max_epochs=$(DEMO_EPOCHS) train.recalibrate=true
+	$(PY) jobs/build_features.py --workdir $(WORKDIR)
+	$(PY) jobs/train.py --workdir $(WORKDIR) train.max_epochs=$(DEMO_EPOCHS) train.recalibrate=true
 	@# The photometric catalog: every SDSS object with its DESI-LS (+unWISE) counterpart; it has no
 	@# GALEX columns, which the all-bands model then treats as unobserved.
 	$(PY) jobs/crossmatch.py --workdir $(WORKDIR) crossmatch.run=photometric crossmatch.left=sdss 'crossmatch.right=[desi_ls]'

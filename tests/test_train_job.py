@@ -154,8 +154,9 @@ def test_worse_model_is_registered_but_not_promoted(first, workdir):
 
 def test_killed_run_resumes_from_checkpoint(first, workdir):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the paper recipe's step schedule lets the resumed run end sooner (a cosine's rate depends on max_epochs)
     args = [sys.executable, str(PROJECT_DIR / "jobs" / "train.py"), "--workdir", str(workdir), *SMALL_MODEL,
-            "train.max_epochs=40", "train.patience=100", "mlflow.model_name=resumable"]
+            "train.recipe=paper", "train.max_epochs=40", "train.patience=100", "mlflow.model_name=resumable"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     history = workdir / "train" / "resumable" / "history.jsonl"
@@ -166,8 +167,8 @@ def test_killed_run_resumes_from_checkpoint(first, workdir):
     proc.wait()
     done = len(history.read_text().splitlines())
     assert 2 <= done < 40
-    resumed = train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.max_epochs=6", "train.patience=100",
-                              "mlflow.model_name=resumable"])
+    resumed = train_job.main(["--workdir", str(workdir), *SMALL_MODEL, "train.recipe=paper", "train.max_epochs=6",
+                              "train.patience=100", "mlflow.model_name=resumable"])
     assert resumed["resumed"] and resumed["epochs"] == 6 and resumed["promotion"]["version"] == 1
 
 
