@@ -1,6 +1,7 @@
 """How hard is the simulated sky? A fast tree baseline per band set, next to the paper's Table 2.
 
 Run: PYTHONPATH=. python bench/sim_difficulty.py [--pixels 4] [--density 8000] [--skies first,default]
+         [--variant 'deep_wise:sim.depth_5sigma.wise_w1=21.3,sim.depth_5sigma.wise_w2=20.9' ...]
 
 Simulates a few sky pixels with the library (no Spark), joins each DR16Q quasar to its SDSS
 and DESI rows through the truth table (a perfect crossmatch), and fits a
@@ -12,6 +13,7 @@ Prints σ_NMAD and f_out (|Δz|/(1+z) > 0.15, photoz_spark.metrics) on the test 
   or zero-point variation, no bad errors or wrong redshifts, no BALs/DLAs/line-group scatter,
   no Galactic dust, the heavier z > 3.5 tail);
 - ``default``: conf/simulate.yaml as it is,
+- each ``--variant NAME:key=value,...``: the default with those overrides (one ingredient changed),
 
 side by side with the paper's numbers (LSTM-MDNz on real DR16Q, test split; only the two the
 README quotes). The tree baseline is not the paper's network: compare the *spread* between band
@@ -106,11 +108,17 @@ def main() -> None:
     parser.add_argument("--pixels", type=int, default=4, help="order-6 pixels to simulate (0.84 deg² each)")
     parser.add_argument("--density", type=float, default=8000.0, help="quasars per deg² (sim.quasars.density_deg2)")
     parser.add_argument("--skies", default="first,default")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:key=value,...",
+                        help="a sky = the default with these config overrides (added to --skies)")
     args = parser.parse_args()
-    base = load_config("simulate.yaml")["sim"]
-    base["quasars"]["density_deg2"] = args.density
+    density = f"sim.quasars.density_deg2={args.density}"
+    base = load_config("simulate.yaml", overrides=[density])["sim"]
     pixels = list(range(20000, 20000 + args.pixels))
     skies = {"first": first_sky(base), "default": base}
+    for variant in args.variant:
+        name, _, overrides = variant.partition(":")
+        skies[name] = load_config("simulate.yaml", overrides=[density, *overrides.split(",")])["sim"]
+        args.skies += f",{name}"
     band_sets = ["all14", "optical_wise12", "optical_galex10", "sdss_wise9", "desi_wise7", "optical8"]
     results = {}
     for name in args.skies.split(","):
