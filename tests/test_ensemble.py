@@ -307,8 +307,9 @@ def test_killed_parallel_ensemble_resumes(workdir):  # noqa: F811
 
     from photoz_spark import PROJECT_DIR
 
-    common = [*SMALL_MODEL, "train.patience=100", "train.ensemble=2", "train.ensemble_parallel=true",
-              "mlflow.model_name=ens-resumable"]
+    # the paper recipe's step schedule lets the resumed run end sooner (a cosine's rate depends on max_epochs)
+    common = [*SMALL_MODEL, "train.recipe=paper", "train.patience=100", "train.ensemble=2",
+              "train.ensemble_parallel=true", "mlflow.model_name=ens-resumable"]
     proc = subprocess.Popen([sys.executable, str(PROJECT_DIR / "jobs" / "train.py"), "--workdir", str(workdir),
                              *common, "train.max_epochs=40"], env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
