@@ -413,6 +413,7 @@ SKY = ["sim.footprint.radius_deg=0.3", "sim.quasars.density_deg2=600", "sim.fiel
        "sim.field.star_density_deg2=1000"]
 SKY_OUTPUTS = ("catalogs/dr16q", "catalogs/sdss", "catalogs/desi_ls", "truth/sky")
 SMALL_MODEL = ["model.hidden1=16", "model.hidden2=8", "model.dense=16", "model.n_components=3",
+               "train.recipe=paper",  # the settings the resume-refusal test names (train.lr 0.001)
                "train.batch_size=64", "train.band_set=sdss_wise9", "train.num_processes=1",
                "train.max_epochs=4", "train.patience=100", "mlflow.model_name=faulty"]
 
