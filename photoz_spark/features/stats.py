@@ -131,24 +131,19 @@ def faintest_band(m: dict, band_set: BandSet) -> tuple[str, float]:
     return band_set.names[i], float(signal[i])
 
 
-def resolve_representation(representation: str, m: dict, band_set: BandSet) -> str:
-    """``auto`` made concrete from the training moments; ``flux``/``asinh_mag`` as given.
+def resolve_representation(representation: str, faintest_signal: float) -> str:
+    """``auto`` made concrete; ``flux``/``asinh_mag`` as given.
 
     Args:
         representation: one of ``CHOICES``.
-        m, band_set: see ``faintest_band``.
+        faintest_signal: the faintest band's mean flux in softenings (``faintest_band``).
 
     Returns:
-        ``asinh_mag`` if some band's mean flux is below ``FAINT_BAND_SIGNAL`` softenings, else ``flux``.
+        ``asinh_mag`` if that is below ``FAINT_BAND_SIGNAL`` softenings, else ``flux``.
     """
-    if representation not in CHOICES:
-        raise ValueError(f"features.representation must be one of {', '.join(CHOICES)}, "
-                         f"got {representation!r}")
     if representation != "auto":
         return representation
-    if "inv_var" not in m:
-        raise ValueError("representation auto needs the inverse-variance moments: rebuild the features")
-    return "asinh_mag" if faintest_band(m, band_set)[1] < FAINT_BAND_SIGNAL else "flux"
+    return "asinh_mag" if faintest_signal < FAINT_BAND_SIGNAL else "flux"
 
 
 def stats_from_moments(m: dict, band_set: BandSet, representation: str = "flux") -> dict:
@@ -170,13 +165,17 @@ def stats_from_moments(m: dict, band_set: BandSet, representation: str = "flux")
         ([T], uJy; only with moments that hold ``inv_var``), "faintest_band" ([name, mean flux /
         softening]; with ``inv_var`` and an observed band)}.
     """
-    chosen = resolve_representation(representation, m, band_set)
-    if chosen == "asinh_mag" and "inv_var" not in m:
-        raise ValueError("asinh_mag needs the inverse-variance moments: rebuild the features")
+    if representation not in CHOICES:
+        raise ValueError(f"features.representation must be one of {', '.join(CHOICES)}, "
+                         f"got {representation!r}")
+    if representation != "flux" and "inv_var" not in m:  # the softening, and auto's test, need them
+        raise ValueError(f"{representation} needs the inverse-variance moments: rebuild the features")
     count = np.asarray(m["count"], dtype=np.int64)
     if count.shape != (len(band_set), len(CHANNELS)):
         raise ValueError(f"moments are {count.shape}, band set {band_set.name} needs "
                          f"({len(band_set)}, {len(CHANNELS)})")
+    faintest = faintest_band(m, band_set) if "inv_var" in m else ("", float("inf"))
+    chosen = resolve_representation(representation, faintest[1])
     std = np.sqrt(np.asarray(m["m2"], dtype=np.float64) / np.maximum(count, 1))
     stats = {
         "band_set": band_set.name,
@@ -190,9 +189,8 @@ def stats_from_moments(m: dict, band_set: BandSet, representation: str = "flux")
     }
     if "inv_var" in m:
         stats["softening"] = softening(m).tolist()
-        name, signal = faintest_band(m, band_set)
-        if name:  # (none when nothing is observed: no Infinity in stats.json)
-            stats["faintest_band"] = [name, round(signal, 3)]
+    if faintest[0]:  # (none when nothing is observed: no Infinity in stats.json)
+        stats["faintest_band"] = [faintest[0], round(faintest[1], 3)]
     return stats
 
 
