@@ -551,11 +551,11 @@ def _tasks(catalog: Path, group_order: int) -> list[tuple[int, str]]:
 
 
 def _executor_pixel_mapper(source_dataset: str, dataset_dir: str, source_order: int, out_order: int,
-                           process) -> Callable[[Iterator[int]], Iterator[dict]]:
+                           process) -> Callable[[Iterator[tuple[int, str]]], Iterator[dict]]:
     """The partition function of ``map_pixels``: each task's source pixels into its output files.
 
-    Gets the partition's (Npix, files) tasks of ``_tasks``' list (``by_index`` turns the
-    partition's indices into them) and yields the report rows (``_task_report``) as dicts.
+    Gets the partition's (Npix, files) tasks of ``_tasks``' list (``task_rdd`` turns the
+    partition's index into them) and yields the report rows (``_task_report``) as dicts.
     """
 
     def run(tasks: Iterator[tuple[int, str]]) -> Iterator[dict]:
@@ -577,14 +577,25 @@ def _executor_pixel_mapper(source_dataset: str, dataset_dir: str, source_order: 
     return run
 
 
-def by_index(tasks: list, mapper) -> Callable[[Iterator[int]], Iterator]:
-    """``mapper`` fed by task index: a partition's indices become its tasks (an RDD of
-    ``range(len(tasks))``, one partition each, runs the list in the closure, in order)."""
+def task_rdd(spark, tasks: list, mapper):
+    """A Python RDD with one partition per task whose partition function gets its task.
+
+    Only the indices ``range(len(tasks))`` are shipped; each partition's index becomes its
+    task from the list in the closure, and ``mapper`` (tasks iterator -> rows iterator) runs on it.
+
+    Args:
+        spark: the SparkSession.
+        tasks: the tasks, in order.
+        mapper: the partition function, fed the partition's tasks.
+
+    Returns:
+        The RDD of ``mapper``'s rows (collect it, or add a resource profile first).
+    """
 
     def run(indices: Iterator[int]) -> Iterator:
         return mapper(tasks[i] for i in indices)
 
-    return run
+    return spark.sparkContext.parallelize(range(len(tasks)), len(tasks)).mapPartitions(run)
 
 
 def pixels_overlap(npix: int, order: int, other: int, other_order: int) -> bool:
@@ -646,7 +657,7 @@ def map_pixels(spark, source, path, process: Callable[[int, str, dict], Iterator
         # the JVM ~2 CPU s more on a job's first stage (bench/RESULTS.md), for 13 report rows.
         mapper = _executor_pixel_mapper(str(catalog / DATASET_DIR), str(dataset_dir), source_order, out_order,
                                         process)
-        reports = spark.sparkContext.parallelize(range(len(tasks)), len(tasks)).mapPartitions(by_index(tasks, mapper))
+        reports = task_rdd(spark, tasks, mapper)
         if profile is not None:
             reports = reports.withResources(profile)
         return _collect_reports(reports.collect())

@@ -146,9 +146,7 @@ def build(spark, catalog: Path, margin_order: int, home: Path | None = None) -> 
         elif groups:
             # A Python RDD of the group indices, as hats.map_pixels: the crossmatch's tasks then
             # fork from the same Python daemon (a mapInArrow stage would start a second one).
-            rows = sum(spark.sparkContext.parallelize(range(len(groups)), len(groups))
-                       .mapPartitions(hats.by_index(groups, lambda tasks: (_write_borders(*args, g) for g in tasks)))
-                       .collect())
+            rows = sum(hats.task_rdd(spark, groups, lambda tasks: (_write_borders(*args, g) for g in tasks)).collect())
         else:
             rows = 0
         (staging / MANIFEST).write_text(json.dumps(manifest))
