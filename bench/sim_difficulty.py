@@ -115,13 +115,16 @@ def main() -> None:
     base = load_config("simulate.yaml", overrides=[density])["sim"]
     pixels = list(range(20000, 20000 + args.pixels))
     skies = {"first": first_sky(base), "default": base}
+    names = args.skies.split(",")
     for variant in args.variant:
         name, _, overrides = variant.partition(":")
+        if not name or not overrides or name in skies:
+            parser.error(f"--variant {variant!r}: give NEW_NAME:key=value,... (a name other than {', '.join(skies)})")
         skies[name] = load_config("simulate.yaml", overrides=[density, *overrides.split(",")])["sim"]
-        args.skies += f",{name}"
+        names.append(name)
     band_sets = ["all14", "optical_wise12", "optical_galex10", "sdss_wise9", "desi_wise7", "optical8"]
     results = {}
-    for name in args.skies.split(","):
+    for name in names:
         t0 = time.time()
         df, registry = simulate(skies[name], pixels)
         results[name] = {b: baseline(df, registry, b) for b in band_sets}
