@@ -30,6 +30,7 @@ from photoz_spark.train.feeding import (
     epoch_source,
     placement,
     prefetched,
+    rechunk,
 )
 
 pytestmark = pytest.mark.unit
@@ -120,6 +121,33 @@ def test_shard_slices_cover_the_split_once():
             seen += [(g, i) for g, lo, hi in slices for i in range(lo, hi)]
         everything = [(g, i) for g, c in enumerate(counts) for i in range(c)]
         assert seen == everything[:n * world]  # in order, no overlap, only the remainder left out
+
+
+def test_rechunk_keeps_every_row_in_order():
+    batches = [(torch.arange(20.0).reshape(10, 2), torch.ones(10, 1, dtype=torch.bool), torch.arange(10.0)),
+               (torch.zeros(3, 2), torch.zeros(3, 1, dtype=torch.bool), torch.arange(10.0, 13.0))]
+    pieces = list(rechunk(batches, 4))
+    assert [len(z) for _, _, z in pieces] == [4, 4, 2, 3]
+    assert torch.equal(torch.cat([z for _, _, z in pieces]), torch.arange(13.0))
+    assert torch.equal(torch.cat([f for f, _, _ in pieces])[:10], batches[0][0])
+
+
+def test_evaluate_split_is_the_same_in_cpu_chunks(monkeypatch):
+    """The network on 8-row chunks gives the metrics and per-object scores of one call per batch."""
+    from photoz_spark.model import BiLSTMMDN, ModelConfig
+    from photoz_spark.train import run
+
+    torch.manual_seed(0)
+    net = BiLSTMMDN(ModelConfig(n_steps=5, hidden1=8, hidden2=4, dense=8, n_components=3))
+    data = FeatureData(torch.randn(50, 10), torch.rand(50, 5) > 0.2, 1.0 + torch.rand(50))
+    assert run.eval_rows(net, "cpu") == 19648  # 24 MiB / (5 steps x 2 dirs x 4 gates x 8 x 4 bytes), in 64s
+    assert run.eval_rows(net, "cuda") == 8192
+    monkeypatch.setattr(run, "eval_rows", lambda model, device: 8192)
+    whole, whole_arrays = run.evaluate_split(net, data)
+    monkeypatch.setattr(run, "eval_rows", lambda model, device: 8)
+    chunked, chunked_arrays = run.evaluate_split(net, data)
+    assert chunked["crps"] == pytest.approx(whole["crps"], rel=1e-6)
+    torch.testing.assert_close(torch.as_tensor(chunked_arrays["z_phot"]), torch.as_tensor(whole_arrays["z_phot"]))
 
 
 @pytest.mark.parametrize("split", ["train", "validation"])

@@ -266,6 +266,39 @@ def test_inference_batch_norm_is_the_batch_norm_affine_map():
     assert torch.allclose(((y - net.norm1.bias) / net.norm1.weight).mean(dim=(0, 1)), torch.zeros(16), atol=1e-5)
 
 
+def test_training_batch_norm_matches_the_transposed_batch_norm():
+    """The [B*T, F] layout used in training gives BatchNorm1d's [B, F, T] output, gradients and
+    running statistics (same per-feature mean, variance and count)."""
+    from photoz_spark.model.network import _SeqBatchNorm
+    torch.manual_seed(0)
+    ours, stock = _SeqBatchNorm(16), torch.nn.BatchNorm1d(16)
+    x = (3.0 * torch.randn(32, 5, 16) + 1.0).requires_grad_()
+    x_stock = x.detach().clone().requires_grad_()
+    g = torch.randn(32, 5, 16)
+    ours(x).backward(g)
+    stock(x_stock.transpose(1, 2)).transpose(1, 2).backward(g)
+    torch.testing.assert_close(x.grad, x_stock.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.running_mean, stock.running_mean)
+    torch.testing.assert_close(ours.running_var, stock.running_var)
+    assert (ours.running_var > 1.4).all()  # moved from 1 towards the batch variance 9: a real comparison
+
+
+def test_cpu_dropout_keeps_one_minus_p_scaled_and_is_off_in_eval():
+    from photoz_spark.model.network import _Dropout
+    torch.manual_seed(0)
+    drop = _Dropout(0.3)
+    x = torch.ones(200, 14, 64, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005           # 179,200 draws: sd 0.001
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1.0 / 0.7))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.7)          # the same mask in the backward
+    assert not torch.equal(drop(x), y)                             # a fresh mask each call
+    drop.eval()
+    assert torch.equal(drop(x), x)
+
+
 def test_cpu_chunks_give_the_same_mixture(tmp_path, monkeypatch):
     from photoz_spark.bands import load_bands
     from photoz_spark.features.sequencing import sequence

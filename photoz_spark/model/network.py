@@ -55,11 +55,29 @@ class _SeqBatchNorm(nn.BatchNorm1d):
 
     def forward(self, x):
         if self.training or self.running_var is None or self.weight is None:
-            return super().forward(x.transpose(1, 2)).transpose(1, 2)
+            # [B*T, F] holds the same per-feature statistics as [B, F, T] (and the same count for
+            # the running variance's correction), in the contiguous layout: forward + backward on
+            # the transposed view took 7.6 ms against 1.1 ms at [128, 14, 256] on one CPU thread.
+            return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)
         # Inference: the same per-feature affine map, on the last (contiguous) axis. batch_norm on
         # the transposed view took 9 % of CPU scoring time; this takes about 1 %.
         scale = self.weight * torch.rsqrt(self.running_var + self.eps)
         return x * scale + (self.bias - self.running_mean * scale)
+
+
+class _Dropout(nn.Dropout):
+    """nn.Dropout whose CPU mask comes from ``torch.rand`` instead of ``bernoulli_``.
+
+    Same distribution (each element kept with probability 1 - p, scaled by 1 / (1 - p)), a quarter
+    of the CPU time: the bernoulli_ kernel took 9 % of a training step. Other devices keep
+    PyTorch's fused kernel.
+    """
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        keep = torch.rand(x.shape, device=x.device) >= self.p  # fp32 draws even under bf16 autocast
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
 
 
 class BiLSTMMDN(nn.Module):
@@ -74,7 +92,7 @@ class BiLSTMMDN(nn.Module):
         self.norm1 = _SeqBatchNorm(2 * c.hidden1)
         self.lstm2 = nn.LSTM(2 * c.hidden1, c.hidden2, batch_first=True, bidirectional=True)
         self.norm2 = _SeqBatchNorm(2 * c.hidden2)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = _Dropout(c.dropout)
         width = 2 * c.hidden2 * (c.n_steps if c.aggregate == "flatten" else 1)
         self.dense = nn.Linear(width, c.dense)
         self.head = nn.Linear(c.dense, 3 * c.n_components)

@@ -238,8 +238,9 @@ def _train_shard(features_dir: str, out: Path, cfg: dict, model_cfg: dict, devic
                   flush=True)
 
     steps = (int(cfg.get("train_rows", 0)) // world) // batch or None
+    val_rows = eval_rows(model, device)
     try:
-        result = train(model, epochs, lambda: eval_batches(val_data), settings, device=device,
+        result = train(model, epochs, lambda: eval_batches(val_data, val_rows), settings, device=device,
                        checkpoint=out / "checkpoint.pt" if cfg["resume"] else None, on_epoch=on_epoch,
                        steps_per_epoch=steps, group=group)
     except UserError as err:  # a streamed feed (petastorm) finds NaN/inf batch by batch
@@ -405,6 +406,15 @@ def model_config(cfg_model: dict, layout: dict) -> dict:
     return asdict(ModelConfig(n_steps=layout["n_steps"], n_channels=layout["n_channels"], **cfg_model))
 
 
+def eval_rows(model, device) -> int:
+    """Rows per network call when evaluating: on CPU the scoring kernel's chunk (8192-row calls ran
+    at half its speed: registry.artifact.cpu_chunk_rows), elsewhere 8192."""
+    import torch
+
+    from photoz_spark.registry.artifact import cpu_chunk_rows
+    return cpu_chunk_rows(model.config) if torch.device(device).type == "cpu" else 8192
+
+
 def clean_run_dir(out_dir: Path) -> None:
     """After a successful registration the next run starts fresh, not from this checkpoint."""
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -423,14 +433,17 @@ def evaluate_split(model, data, calibration=None, keep_mixture: bool = False) ->
     from photoz_spark.metrics import point_metrics
     from photoz_spark.model import mixture
     from photoz_spark.model.scores import concat_scores, object_scores
-    from photoz_spark.train.feeding import FeatureData, eval_batches
+    from photoz_spark.train.feeding import FeatureData, eval_batches, rechunk
 
     model.eval()
     parts, kept = [], []
+    rows = eval_rows(model, next(model.parameters()).device)
     batches = eval_batches(data) if isinstance(data, FeatureData) else data
     with torch.inference_mode():
         for features, observed, z in batches:
-            w, mu, sigma = mixture(*model(features, observed))
+            # the network on CPU-sized chunks; the scores on the whole batch (fewer small calls)
+            outputs = [model(f, o) for f, o, _ in rechunk([(features, observed, z)], rows)]
+            w, mu, sigma = mixture(*(torch.cat([out[i] for out in outputs]) for i in range(3)))
             parts.append(object_scores(w, mu, sigma, z, calibration))
             if keep_mixture:
                 kept.append((w.cpu(), mu.cpu(), sigma.cpu()))
