@@ -128,6 +128,7 @@ def test_rechunk_keeps_every_row_in_order():
                (torch.zeros(3, 2), torch.zeros(3, 1, dtype=torch.bool), torch.arange(10.0, 13.0))]
     pieces = list(rechunk(batches, 4))
     assert [len(z) for _, _, z in pieces] == [4, 4, 2, 3]
+    assert [len(z) for _, _, z in rechunk([tuple(t[:0] for t in batches[1])], 4)] == [0]
     assert torch.equal(torch.cat([z for _, _, z in pieces]), torch.arange(13.0))
     assert torch.equal(torch.cat([f for f, _, _ in pieces])[:10], batches[0][0])
 

@@ -68,9 +68,9 @@ class _SeqBatchNorm(nn.BatchNorm1d):
 class _Dropout(nn.Dropout):
     """nn.Dropout whose CPU mask comes from ``torch.rand`` instead of ``bernoulli_``.
 
-    Same distribution (each element kept with probability 1 - p, scaled by 1 / (1 - p)), a quarter
-    of the CPU time: the bernoulli_ kernel took 9 % of a training step. Other devices keep
-    PyTorch's fused kernel.
+    Same distribution (each element kept with probability 1 - p, scaled by 1 / (1 - p)) in under half
+    the CPU time (3.0 against 6.7 ms at [128, 14, 256]): the bernoulli_ kernel took 9 % of a training
+    step. Other devices keep PyTorch's fused kernel.
     """
 
     def forward(self, x):
