@@ -30,7 +30,6 @@ from photoz_spark.train.feeding import (
     epoch_source,
     placement,
     prefetched,
-    rechunk,
 )
 
 pytestmark = pytest.mark.unit
@@ -121,16 +120,6 @@ def test_shard_slices_cover_the_split_once():
             seen += [(g, i) for g, lo, hi in slices for i in range(lo, hi)]
         everything = [(g, i) for g, c in enumerate(counts) for i in range(c)]
         assert seen == everything[:n * world]  # in order, no overlap, only the remainder left out
-
-
-def test_rechunk_keeps_every_row_in_order():
-    batches = [(torch.arange(20.0).reshape(10, 2), torch.ones(10, 1, dtype=torch.bool), torch.arange(10.0)),
-               (torch.zeros(3, 2), torch.zeros(3, 1, dtype=torch.bool), torch.arange(10.0, 13.0))]
-    pieces = list(rechunk(batches, 4))
-    assert [len(z) for _, _, z in pieces] == [4, 4, 2, 3]
-    assert [len(z) for _, _, z in rechunk([tuple(t[:0] for t in batches[1])], 4)] == [0]
-    assert torch.equal(torch.cat([z for _, _, z in pieces]), torch.arange(13.0))
-    assert torch.equal(torch.cat([f for f, _, _ in pieces])[:10], batches[0][0])
 
 
 def test_evaluate_split_is_the_same_in_cpu_chunks(monkeypatch):

@@ -152,6 +152,15 @@ class BiLSTMMDN(nn.Module):
         return steps.mean(dim=1)
 
 
+def forward_chunks(network: nn.Module, features: torch.Tensor, observed: torch.Tensor, rows: int):
+    """The network's (logits, mu, sigma) for every row, computed ``rows`` at a time (on CPU,
+    ``registry.artifact.cpu_chunk_rows`` keeps each call's activations small); one call even
+    for 0 rows, so the outputs keep their [0, K] shapes."""
+    outputs = [network(features[start:start + rows], observed[start:start + rows])
+               for start in range(0, max(len(features), 1), rows)]
+    return tuple(torch.cat([out[i] for out in outputs]) for i in range(3))
+
+
 def mixture(logits, mu, sigma):
     """(weights, mu, sigma) from the network's output."""
     return torch.softmax(logits, dim=-1), mu, sigma

@@ -28,6 +28,7 @@ from photoz_spark.features.sequencing import sequence
 from photoz_spark.model import ModelConfig, mixture
 from photoz_spark.model import calibration as cal
 from photoz_spark.model.ensemble import build_network
+from photoz_spark.model.network import forward_chunks
 
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "model.json"
@@ -207,12 +208,9 @@ class PhotozModel:
         feats, mask = self.standardised(raw_features, observed)
         dtype = AUTOCAST_DTYPES[precision or self.precision]
         chunk = cpu_chunk_rows(self.network.config) if self.device.type == "cpu" else max(len(feats), 1)
-        outputs = []
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            for start in range(0, max(len(feats), 1), chunk):  # one call even for 0 rows, as before
-                outputs.append(self.network(feats[start:start + chunk], mask[start:start + chunk]))
-        logits, mu, sigma = (torch.cat([o[i] for o in outputs]).float() for i in range(3))
-        return mixture(logits, mu, sigma)
+            logits, mu, sigma = forward_chunks(self.network, feats, mask, chunk)
+        return mixture(logits.float(), mu.float(), sigma.float())
 
     def predict_table(self, table: pa.Table | pa.RecordBatch) -> pd.DataFrame:
         """Point estimates for a table holding the band set's native flux/error columns."""

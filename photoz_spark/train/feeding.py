@@ -173,14 +173,6 @@ def eval_batches(data: FeatureData, batch_size: int = 8192):
                data.z[start:start + batch_size])
 
 
-def rechunk(batches: Iterable[Batch], rows: int) -> Iterator[Batch]:
-    """The same rows as ``batches``, in pieces of at most ``rows`` (views, no copies); an empty
-    batch stays one empty piece, so a caller still sees every batch."""
-    for features, observed, z in batches:
-        for start in range(0, max(len(z), 1), rows):
-            yield features[start:start + rows], observed[start:start + rows], z[start:start + rows]
-
-
 def import_petastorm():
     """petastorm's Spark converter and batched torch loader, or a one-line ConfigError saying how to get them."""
     try:

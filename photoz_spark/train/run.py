@@ -432,8 +432,9 @@ def evaluate_split(model, data, calibration=None, keep_mixture: bool = False) ->
 
     from photoz_spark.metrics import point_metrics
     from photoz_spark.model import mixture
+    from photoz_spark.model.network import forward_chunks
     from photoz_spark.model.scores import concat_scores, object_scores
-    from photoz_spark.train.feeding import FeatureData, eval_batches, rechunk
+    from photoz_spark.train.feeding import FeatureData, eval_batches
 
     model.eval()
     parts, kept = [], []
@@ -442,8 +443,7 @@ def evaluate_split(model, data, calibration=None, keep_mixture: bool = False) ->
     with torch.inference_mode():
         for features, observed, z in batches:
             # the network on CPU-sized chunks; the scores on the whole batch (fewer small calls)
-            outputs = [model(f, o) for f, o, _ in rechunk([(features, observed, z)], rows)]
-            w, mu, sigma = mixture(*(torch.cat([out[i] for out in outputs]) for i in range(3)))
+            w, mu, sigma = mixture(*forward_chunks(model, features, observed, rows))
             parts.append(object_scores(w, mu, sigma, z, calibration))
             if keep_mixture:
                 kept.append((w.cpu(), mu.cpu(), sigma.cpu()))
